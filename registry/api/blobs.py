@@ -1,0 +1,47 @@
+"""Blob reads and deletes: /v2/<name>/blobs/<digest>."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+
+from registry.api.http import Context, empty_response, parse_range
+from registry.oci.digest import parse_digest
+
+OCTET_STREAM = "application/octet-stream"
+
+
+async def head_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
+    blob = await ctx.store.stat_blob(name, parse_digest(digest))
+    return Response(
+        b"",
+        headers={
+            "Content-Length": str(blob.size),
+            "Content-Type": OCTET_STREAM,
+            "Docker-Content-Digest": str(blob.digest),
+            "Accept-Ranges": "bytes",
+        },
+    )
+
+
+async def get_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
+    blob = await ctx.store.stat_blob(name, parse_digest(digest))
+    digest_header = {"Docker-Content-Digest": str(blob.digest)}
+    if ctx.settings.blob_delivery == "redirect":
+        # Storage serves the bytes (and any Range) itself; we only hand out a short-lived URL.
+        url = await ctx.store.blob_url(blob)
+        return RedirectResponse(url, status_code=307, headers=digest_header)
+    byte_range = parse_range(request.headers.get("range"), blob.size)
+    headers = {**digest_header, "Content-Type": OCTET_STREAM, "Accept-Ranges": "bytes"}
+    if byte_range is None:
+        headers["Content-Length"] = str(blob.size)
+        return StreamingResponse(ctx.store.read_blob(blob), headers=headers)
+    start, end = byte_range
+    headers["Content-Length"] = str(end - start + 1)
+    headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
+    return StreamingResponse(ctx.store.read_blob(blob, start, end - start + 1), status_code=206, headers=headers)
+
+
+async def delete_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
+    await ctx.store.delete_blob(name, parse_digest(digest))
+    return empty_response(202, {})

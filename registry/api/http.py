@@ -1,0 +1,119 @@
+"""HTTP helpers shared by the handlers: error bodies, pagination, bounded bodies, ranges."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from registry.oci.errors import (
+    PAGINATION_NUMBER_INVALID,
+    PAYLOAD_TOO_LARGE,
+    RANGE_INVALID,
+    SIZE_INVALID,
+    RegistryError,
+)
+from registry.settings import Settings
+from registry.storage.registry_store import RegistryStore
+
+API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every handler may use: the model layer and the settings."""
+
+    store: RegistryStore
+    settings: Settings
+
+
+def error_response(error: RegistryError, head: bool = False) -> Response:
+    body = b"" if head else json.dumps(error.body()).encode()
+    headers = {**API_VERSION_HEADER, **error.headers}
+    return Response(body, status_code=error.status, headers=headers, media_type="application/json")
+
+
+def json_response(document: Any, status: int = 200, headers: dict[str, str] | None = None,
+                  media_type: str = "application/json") -> Response:
+    return Response(json.dumps(document).encode(), status_code=status, headers=headers, media_type=media_type)
+
+
+def empty_response(status: int, headers: dict[str, str]) -> Response:
+    return Response(b"", status_code=status, headers={**headers, "Content-Length": "0"})
+
+
+def page_request(request: Request, settings: Settings) -> tuple[int, str | None]:
+    """The `n` and `last` of a list request; `n` is clamped to the configured maximum."""
+    raw = request.query_params.get("n")
+    limit = settings.max_page_size
+    if raw is not None and raw != "":
+        if not raw.isdigit():
+            raise RegistryError(PAGINATION_NUMBER_INVALID, f"n must be a non-negative integer, got {raw[:20]!r}")
+        limit = min(int(raw), settings.max_page_size)
+    return limit, request.query_params.get("last") or None
+
+
+def next_link(path: str, limit: int, last: str) -> dict[str, str]:
+    return {"Link": f'<{path}?{urlencode({"n": limit, "last": last})}>; rel="next"'}
+
+
+def declared_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise RegistryError(SIZE_INVALID, f"invalid Content-Length {raw[:20]!r}")
+    return int(raw)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole request body, refusing (413) anything larger than limit."""
+    length = declared_length(request)
+    if length is not None and length > limit:
+        raise RegistryError(PAYLOAD_TOO_LARGE, f"body of {length} bytes exceeds the limit of {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RegistryError(PAYLOAD_TOO_LARGE, f"body exceeds the limit of {limit} bytes")
+    if length is not None and len(body) != length:
+        raise RegistryError(SIZE_INVALID, f"Content-Length says {length} bytes, body has {len(body)}")
+    return bytes(body)
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) of a single byte range, None to send everything.
+
+    Raises RegistryError 416 when the range lies wholly outside the blob.
+    """
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if not match or (not match.group(1) and not match.group(2)):
+        return None  # RFC 9110: ignore a Range header we do not understand
+    first, last = match.group(1), match.group(2)
+    if first:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+        if last and int(last) < start:
+            return None
+    else:
+        suffix = int(last)
+        if suffix == 0:
+            start, end = size, size - 1
+        else:
+            start, end = max(size - suffix, 0), size - 1
+    if start >= size:
+        raise RegistryError(
+            RANGE_INVALID, f"range {header} is outside the blob of {size} bytes",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return start, end

@@ -1,0 +1,37 @@
+"""Content discovery: the API root, tag lists, the catalog and the referrers API."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from registry.api.http import Context, json_response, next_link, page_request
+from registry.oci.digest import parse_digest
+from registry.oci.manifest import OCI_INDEX
+
+
+async def api_root(request: Request, ctx: Context) -> Response:
+    return json_response({})
+
+
+async def list_tags(request: Request, ctx: Context, name: str) -> Response:
+    limit, last = page_request(request, ctx.settings)
+    tags, more = await ctx.store.list_tags(name, limit, last) if limit else ([], False)
+    headers = next_link(f"/v2/{name}/tags/list", limit, tags[-1]) if more else None
+    return json_response({"name": name, "tags": tags}, headers=headers)
+
+
+async def catalog(request: Request, ctx: Context) -> Response:
+    limit, last = page_request(request, ctx.settings)
+    names, more = await ctx.store.list_repositories(limit, last) if limit else ([], False)
+    headers = next_link("/v2/_catalog", limit, names[-1]) if more else None
+    return json_response({"repositories": names}, headers=headers)
+
+
+async def referrers(request: Request, ctx: Context, name: str, digest: str) -> Response:
+    subject = parse_digest(digest)
+    artifact_type = request.query_params.get("artifactType") or None
+    descriptors = await ctx.store.list_referrers(name, subject, artifact_type)
+    headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else None
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+    return json_response(index, headers=headers, media_type=OCI_INDEX)

@@ -1,0 +1,121 @@
+"""The /v2 route table and the one dispatcher every host calls.
+
+Each route names the access it needs, so authorisation is decided here, before any
+handler runs, and no handler can forget it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from registry.api import blobs, listings, manifests, uploads
+from registry.api.http import API_VERSION_HEADER, Context, error_response
+from registry.auth import Access, Authorizer
+from registry.oci.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNKNOWN, RegistryError
+from registry.oci.names import validate_name
+
+log = logging.getLogger("berth.api")
+
+Handler = Callable[..., Awaitable[Response]]
+_NAME = r"(?P<name>.+?)"
+
+
+@dataclass(frozen=True)
+class Route:
+    pattern: re.Pattern[str]
+    handlers: dict[str, tuple[Handler, tuple[str, ...]]]  # method -> (handler, actions)
+
+
+def _route(path: str, **methods: tuple[Handler, tuple[str, ...]]) -> Route:
+    return Route(re.compile(f"^/v2{path}$"), methods)
+
+
+PULL, PUSH, DELETE = ("pull",), ("pull", "push"), ("delete",)
+
+ROUTES = [
+    _route("/?", GET=(listings.api_root, ()), HEAD=(listings.api_root, ())),
+    _route("/_catalog", GET=(listings.catalog, ("*",))),
+    _route(f"/{_NAME}/tags/list", GET=(listings.list_tags, PULL)),
+    _route(
+        f"/{_NAME}/manifests/(?P<reference>[^/]+)",
+        GET=(manifests.get_manifest, PULL),
+        HEAD=(manifests.head_manifest, PULL),
+        PUT=(manifests.put_manifest, PUSH),
+        DELETE=(manifests.delete_manifest, DELETE),
+    ),
+    _route(f"/{_NAME}/blobs/uploads/?", POST=(uploads.start_upload, PUSH)),
+    _route(
+        f"/{_NAME}/blobs/uploads/(?P<upload_id>[A-Za-z0-9_-]+)",
+        GET=(uploads.upload_status, PUSH),
+        PATCH=(uploads.patch_upload, PUSH),
+        PUT=(uploads.finish_upload, PUSH),
+        DELETE=(uploads.cancel_upload, PUSH),
+    ),
+    _route(
+        f"/{_NAME}/blobs/(?P<digest>[^/]+)",
+        GET=(blobs.get_blob, PULL),
+        HEAD=(blobs.head_blob, PULL),
+        DELETE=(blobs.delete_blob, DELETE),
+    ),
+    _route(f"/{_NAME}/referrers/(?P<digest>[^/]+)", GET=(listings.referrers, PULL)),
+]
+
+
+def required_access(request: Request, params: dict[str, str], actions: tuple[str, ...]) -> list[Access]:
+    """The scopes a request needs: its own repository's, plus pull on a mount source."""
+    if not actions:
+        return []
+    if "name" not in params:
+        return [Access("registry", "catalog", actions)]
+    needed = [Access("repository", params["name"], actions)]
+    source = request.query_params.get("from")
+    if request.method == "POST" and request.query_params.get("mount") and source:
+        needed.append(Access("repository", source, PULL))
+    return needed
+
+
+class RegistryApi:
+    """Routes a Starlette request to its handler; turns every failure into an OCI error."""
+
+    def __init__(self, context_factory: Callable[[], Awaitable[Context]], authorizer: Authorizer):
+        self._context_factory = context_factory
+        self._authorizer = authorizer
+
+    async def handle(self, request: Request) -> Response:
+        head = request.method == "HEAD"
+        try:
+            response = await self._dispatch(request)
+        except RegistryError as error:
+            response = error_response(error, head)
+        except ClientDisconnect:
+            log.info("client went away during %s %s", request.method, request.url.path)
+            response = Response(b"", status_code=400)
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.url.path)
+            response = error_response(RegistryError(UNKNOWN, "internal error; see the registry's log"), head)
+        response.headers.update(API_VERSION_HEADER)
+        return response
+
+    async def _dispatch(self, request: Request) -> Response:
+        path = request.url.path
+        for route in ROUTES:
+            match = route.pattern.match(path)
+            if match is None:
+                continue
+            entry = route.handlers.get(request.method)
+            if entry is None:
+                raise RegistryError(METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {path}",
+                                    headers={"Allow": ", ".join(route.handlers)})
+            handler, actions = entry
+            params = {key: value for key, value in match.groupdict().items() if value is not None}
+            if "name" in params:
+                validate_name(params["name"])
+            await self._authorizer.authorize(request, required_access(request, params, actions))
+            return await handler(request, await self._context_factory(), **params)
+        raise RegistryError(NOT_FOUND, f"no registry endpoint at {path[:200]}")

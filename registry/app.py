@@ -1,0 +1,78 @@
+"""Builds Berth: settings -> storage clients -> model -> authorizer -> routes.
+
+The same `BerthApplication` serves both hosts: it is an ASGI app for uvicorn, and
+`function_app.py` hands it the Starlette requests of the Azure Functions HTTP stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from registry.api.http import Context
+from registry.api.routes import RegistryApi
+from registry.auth import AllowAll, Authorizer
+from registry.settings import Settings
+from registry.storage.clients import StorageClients, create_clients
+from registry.storage.registry_store import RegistryStore
+
+log = logging.getLogger("berth")
+
+
+class BerthApplication:
+    def __init__(self, settings: Settings, authorizer: Authorizer | None = None):
+        self.settings = settings
+        self.api = RegistryApi(self.context, authorizer or AllowAll())
+        self._context: Context | None = None
+        self._clients: StorageClients | None = None
+        self._lock = asyncio.Lock()
+
+    async def context(self) -> Context:
+        """Storage clients are created on first use, inside the event loop that serves."""
+        if self._context is None:
+            async with self._lock:
+                if self._context is None:
+                    clients = create_clients(self.settings)
+                    store = RegistryStore(clients, self.settings)
+                    await store.initialize()
+                    self._clients = clients
+                    self._context = Context(store, self.settings)
+        return self._context
+
+    async def handle(self, request: Request) -> Response:
+        return await self.api.handle(request)
+
+    async def close(self) -> None:
+        if self._clients is not None:
+            await self._clients.close()
+        self._clients = None
+        self._context = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        response = await self.handle(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.context()
+                except Exception as error:  # tell the server, which then refuses to start
+                    log.exception("storage is not reachable")
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

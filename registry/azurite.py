@@ -1,0 +1,102 @@
+"""Starts and stops a local Azurite (the project's own npm install) for `serve` and the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+AZURITE_BIN = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
+ACCOUNT = "devstoreaccount1"
+# Azurite's fixed, publicly documented development key; it protects nothing real.
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _answers(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Azurite:
+    """One Azurite process on 127.0.0.1, on ports it picks itself."""
+
+    def __init__(self, location: Path | None = None, host: str = "127.0.0.1"):
+        self.location = location  # None keeps everything in memory
+        self.host = host
+        self.blob_port = self.queue_port = self.table_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def connection_string(self) -> str:
+        base = f"http://{self.host}"
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint={base}:{self.blob_port}/{ACCOUNT};"
+            f"QueueEndpoint={base}:{self.queue_port}/{ACCOUNT};"
+            f"TableEndpoint={base}:{self.table_port}/{ACCOUNT};"
+        )
+
+    def start(self, timeout: float = 30.0) -> "Azurite":
+        if not AZURITE_BIN.exists():
+            raise RuntimeError(f"Azurite is not installed at {AZURITE_BIN}; run `npm ci` in {PROJECT_ROOT}")
+        for _ in range(3):  # a port picked as free can be taken before Azurite binds it
+            if self._try_start(timeout):
+                return self
+        raise RuntimeError("Azurite did not start; see its output above")
+
+    def _try_start(self, timeout: float) -> bool:
+        self.blob_port, self.queue_port, self.table_port = free_port(), free_port(), free_port()
+        args = [
+            str(AZURITE_BIN), "--silent", "--disableTelemetry", "--skipApiVersionCheck", "--loose",
+            "--blobHost", self.host, "--blobPort", str(self.blob_port),
+            "--queueHost", self.host, "--queuePort", str(self.queue_port),
+            "--tableHost", self.host, "--tablePort", str(self.table_port),
+        ]
+        if self.location is None:
+            args.append("--inMemoryPersistence")
+        else:
+            self.location.mkdir(parents=True, exist_ok=True)
+            args += ["--location", str(self.location)]
+        self.process = subprocess.Popen(args, start_new_session=True, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            if all(_answers(port, self.host) for port in (self.blob_port, self.queue_port, self.table_port)):
+                return True
+            time.sleep(0.1)
+        self.stop()
+        return False
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def __enter__(self) -> "Azurite":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,62 @@
+"""The OCI Distribution error vocabulary, declared once; every layer raises these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    status: int
+    message: str
+
+
+BLOB_UNKNOWN = ErrorCode("BLOB_UNKNOWN", 404, "blob unknown to registry")
+BLOB_UPLOAD_INVALID = ErrorCode("BLOB_UPLOAD_INVALID", 400, "blob upload invalid")
+BLOB_UPLOAD_UNKNOWN = ErrorCode("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry")
+DIGEST_INVALID = ErrorCode("DIGEST_INVALID", 400, "provided digest did not match uploaded content")
+MANIFEST_BLOB_UNKNOWN = ErrorCode("MANIFEST_BLOB_UNKNOWN", 400, "manifest references a blob unknown to registry")
+MANIFEST_INVALID = ErrorCode("MANIFEST_INVALID", 400, "manifest invalid")
+MANIFEST_UNKNOWN = ErrorCode("MANIFEST_UNKNOWN", 404, "manifest unknown to registry")
+NAME_INVALID = ErrorCode("NAME_INVALID", 400, "invalid repository name")
+NAME_UNKNOWN = ErrorCode("NAME_UNKNOWN", 404, "repository name not known to registry")
+SIZE_INVALID = ErrorCode("SIZE_INVALID", 400, "provided length did not match content length")
+RANGE_INVALID = ErrorCode("BLOB_UPLOAD_INVALID", 416, "requested range not satisfiable")
+UNAUTHORIZED = ErrorCode("UNAUTHORIZED", 401, "authentication required")
+DENIED = ErrorCode("DENIED", 403, "requested access to the resource is denied")
+UNSUPPORTED = ErrorCode("UNSUPPORTED", 405, "the operation is unsupported")
+TOO_MANY_REQUESTS = ErrorCode("TOOMANYREQUESTS", 429, "too many requests")
+TAG_INVALID = ErrorCode("TAG_INVALID", 400, "manifest tag did not match URI")
+UNKNOWN = ErrorCode("UNKNOWN", 500, "unknown error")
+NOT_FOUND = ErrorCode("UNSUPPORTED", 404, "no such endpoint")
+METHOD_NOT_ALLOWED = ErrorCode("UNSUPPORTED", 405, "method not allowed on this endpoint")
+PAYLOAD_TOO_LARGE = ErrorCode("SIZE_INVALID", 413, "payload too large")
+PAGINATION_NUMBER_INVALID = ErrorCode("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested")
+
+
+class RegistryError(Exception):
+    """An error the client is told about, as an OCI error body."""
+
+    def __init__(
+        self,
+        error: ErrorCode,
+        message: str | None = None,
+        detail: Any = None,
+        *,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or error.message)
+        self.error = error
+        self.message = message or error.message
+        self.detail = detail
+        self.status = status or error.status
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"code": self.error.code, "message": self.message}
+        if self.detail is not None:
+            entry["detail"] = self.detail
+        return {"errors": [entry]}

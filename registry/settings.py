@@ -1,0 +1,87 @@
+"""Berth's settings: one frozen object, built from BERTH_* environment variables here only."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+MiB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Storage: a connection string (Azurite, or an account key) or account endpoints + Entra ID.
+    storage_connection_string: str | None = None
+    blob_endpoint: str | None = None
+    table_endpoint: str | None = None
+    managed_identity_client_id: str | None = None
+    blob_container: str = "berth"
+    table_prefix: str = "berth"
+    # Delivery of blob bytes: "redirect" (307 to a read-only SAS URL) or "proxy".
+    blob_delivery: str = "redirect"
+    sas_ttl_seconds: int = 600
+    upload_ttl_seconds: int = 24 * 3600
+    block_size: int = 4 * MiB
+    blocks_in_flight: int = 4
+    max_manifest_bytes: int = 4 * MiB
+    max_page_size: int = 1000
+    auth: str = "none"
+
+    @property
+    def storage_configured(self) -> bool:
+        return bool(self.storage_connection_string or (self.blob_endpoint and self.table_endpoint))
+
+    def with_storage(self, connection_string: str) -> "Settings":
+        return replace(self, storage_connection_string=connection_string)
+
+
+def _int(env: Mapping[str, str], key: str, default: int, minimum: int, maximum: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{key} must be an integer, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{key} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(key) or default
+    if value not in choices:
+        raise SettingsError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    account = env.get("BERTH_STORAGE_ACCOUNT")
+    suffix = env.get("BERTH_STORAGE_SUFFIX", "core.windows.net")
+    blob_endpoint = env.get("BERTH_BLOB_ENDPOINT") or (account and f"https://{account}.blob.{suffix}")
+    table_endpoint = env.get("BERTH_TABLE_ENDPOINT") or (account and f"https://{account}.table.{suffix}")
+    prefix = env.get("BERTH_TABLE_PREFIX", "berth")
+    if not prefix.isalnum() or not prefix[:1].isalpha() or len(prefix) > 40:
+        raise SettingsError("BERTH_TABLE_PREFIX must be letters and digits, starting with a letter")
+    return Settings(
+        storage_connection_string=env.get("BERTH_STORAGE_CONNECTION_STRING") or None,
+        blob_endpoint=blob_endpoint or None,
+        table_endpoint=table_endpoint or None,
+        managed_identity_client_id=env.get("BERTH_MANAGED_IDENTITY_CLIENT_ID") or None,
+        blob_container=env.get("BERTH_BLOB_CONTAINER", "berth"),
+        table_prefix=prefix,
+        blob_delivery=_choice(env, "BERTH_BLOB_DELIVERY", "redirect", ("redirect", "proxy")),
+        sas_ttl_seconds=_int(env, "BERTH_SAS_TTL_SECONDS", 600, 30, 7 * 24 * 3600),
+        upload_ttl_seconds=_int(env, "BERTH_UPLOAD_TTL_SECONDS", 24 * 3600, 60, 30 * 24 * 3600),
+        block_size=_int(env, "BERTH_BLOCK_SIZE", 4 * MiB, 64 * 1024, 100 * MiB),
+        blocks_in_flight=_int(env, "BERTH_BLOCKS_IN_FLIGHT", 4, 1, 32),
+        max_manifest_bytes=_int(env, "BERTH_MAX_MANIFEST_BYTES", 4 * MiB, 1024, 32 * MiB),
+        max_page_size=_int(env, "BERTH_MAX_PAGE_SIZE", 1000, 1, 10000),
+        auth=_choice(env, "BERTH_AUTH", "none", ("none",)),
+    )

@@ -1,0 +1,66 @@
+"""Creates the process-wide Azure Storage clients (the only place that picks credentials)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from azure.core.pipeline.transport import AioHttpTransport
+from azure.data.tables.aio import TableServiceClient
+from azure.storage.blob.aio import BlobServiceClient
+
+from registry.settings import MiB, Settings
+
+
+@dataclass
+class StorageClients:
+    blob_service: BlobServiceClient
+    table_service: TableServiceClient
+    session: aiohttp.ClientSession
+    credential: Any = None
+
+    async def close(self) -> None:
+        await self.blob_service.close()
+        await self.table_service.close()
+        if self.credential is not None:
+            await self.credential.close()
+        await self.session.close()
+
+
+def _transport(session: aiohttp.ClientSession) -> AioHttpTransport:
+    return AioHttpTransport(session=session, session_owner=False)
+
+
+def create_clients(settings: Settings) -> StorageClients:
+    """Build clients sharing one aiohttp session (call inside the running event loop).
+
+    A shared session with trust_env off avoids per-request .netrc/proxy lookups that the
+    SDK's default transport repeats on every call (see LOCAL-AZURE-NOTES: ~2.5x throughput).
+    """
+    session = aiohttp.ClientSession(
+        trust_env=False,
+        connector=aiohttp.TCPConnector(limit=256, limit_per_host=128),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300),
+    )
+    blob_options = {"max_single_get_size": 32 * MiB, "max_chunk_get_size": 8 * MiB}
+    if settings.storage_connection_string:
+        blob = BlobServiceClient.from_connection_string(
+            settings.storage_connection_string, transport=_transport(session), **blob_options
+        )
+        table = TableServiceClient.from_connection_string(
+            settings.storage_connection_string, transport=_transport(session)
+        )
+        return StorageClients(blob, table, session)
+    if not (settings.blob_endpoint and settings.table_endpoint):
+        raise ValueError("no storage configured: set BERTH_STORAGE_CONNECTION_STRING or BERTH_STORAGE_ACCOUNT")
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+    credential = (
+        ManagedIdentityCredential(client_id=settings.managed_identity_client_id)
+        if settings.managed_identity_client_id
+        else DefaultAzureCredential()
+    )
+    blob = BlobServiceClient(settings.blob_endpoint, credential=credential, transport=_transport(session), **blob_options)
+    table = TableServiceClient(settings.table_endpoint, credential=credential, transport=_transport(session))
+    return StorageClients(blob, table, session, credential)

@@ -1,0 +1,105 @@
+"""Table Storage layout: key encoding, row kinds and the few table operations we use.
+
+Tables (named with the configured prefix):
+- `<prefix>repos`: one partition per repository; rows `m:<digest>` manifest, `t:<tag>` tag,
+  `b:<digest>` blob link, `r:<subject>:<digest>` referrer, `u:<id>` upload session.
+- `<prefix>digests`: the content index, partition = digest: where the bytes are, size.
+- `<prefix>catalog`: partition "repository", one row per repository that has manifests.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Iterable
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import EdmType, EntityProperty
+from azure.data.tables.aio import TableClient, TableServiceClient
+
+MANIFEST = "m:"
+TAG = "t:"
+BLOB = "b:"
+REFERRER = "r:"
+UPLOAD = "u:"
+CATALOG_PARTITION = "repository"
+MAX_BATCH = 100  # entity-group transactions take at most 100 operations
+
+# Repository names use [a-z0-9._-/]; '/' is not allowed in table keys. This mapping is
+# one-to-one and keeps the names' sort order, so catalog pages come out in lexical order.
+_TO_KEY = str.maketrans({"-": "+", ".": ",", "/": "-"})
+_FROM_KEY = str.maketrans({"+": "-", ",": ".", "-": "/"})
+
+
+def repository_key(name: str) -> str:
+    return name.translate(_TO_KEY)
+
+
+def repository_name(key: str) -> str:
+    return key.translate(_FROM_KEY)
+
+
+def int64(value: int) -> EntityProperty:
+    return EntityProperty(value, EdmType.INT64)
+
+
+def read_int(entity: dict[str, Any], key: str) -> int:
+    value = entity[key]
+    return int(value.value if isinstance(value, EntityProperty) else value)
+
+
+def next_key(prefix: str) -> str:
+    """The smallest key greater than every key that starts with prefix."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class MetadataStore:
+    def __init__(self, service: TableServiceClient, prefix: str):
+        self.repos: TableClient = service.get_table_client(f"{prefix}repos")
+        self.digests: TableClient = service.get_table_client(f"{prefix}digests")
+        self.catalog: TableClient = service.get_table_client(f"{prefix}catalog")
+
+    async def ensure_tables(self) -> None:
+        for table in (self.repos, self.digests, self.catalog):
+            try:
+                await table.create_table()
+            except ResourceExistsError:
+                pass
+
+    @staticmethod
+    async def get(table: TableClient, partition: str, row: str) -> dict[str, Any] | None:
+        try:
+            return await table.get_entity(partition, row)
+        except ResourceNotFoundError:
+            return None
+
+    @staticmethod
+    async def scan(
+        table: TableClient,
+        partition: str,
+        prefix: str,
+        after: str | None = None,
+        limit: int | None = None,
+        extra_filter: str = "",
+        parameters: dict[str, Any] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Rows of one partition whose key starts with prefix, in key order, after `after`."""
+        query = "PartitionKey eq @pk and RowKey gt @low and RowKey lt @high" + extra_filter
+        params = {"pk": partition, "low": prefix + after if after else prefix, "high": next_key(prefix)}
+        params.update(parameters or {})
+        page_size = min(limit, 1000) if limit else 1000
+        count = 0
+        async for entity in table.query_entities(query, parameters=params, results_per_page=page_size):
+            yield entity
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+    @staticmethod
+    async def transact(table: TableClient, operations: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        batch: list[tuple[str, dict[str, Any]]] = []
+        for operation in operations:
+            batch.append(operation)
+            if len(batch) == MAX_BATCH:
+                await table.submit_transaction(batch)
+                batch = []
+        if batch:
+            await table.submit_transaction(batch)
