@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Iterable
 
+from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty
 from azure.data.tables.aio import TableClient, TableServiceClient
@@ -72,6 +73,16 @@ class MetadataStore:
             return None
 
     @staticmethod
+    async def delete(table: TableClient, partition: str, row: str) -> bool:
+        """Delete one row; False if there was none (the service's delete ignores absence)."""
+        existing = await MetadataStore.get(table, partition, row)
+        if existing is None:
+            return False
+        await table.delete_entity(partition, row, etag=existing.metadata["etag"],
+                                  match_condition=MatchConditions.IfNotModified)
+        return True
+
+    @staticmethod
     async def scan(
         table: TableClient,
         partition: str,
@@ -82,9 +93,12 @@ class MetadataStore:
         parameters: dict[str, Any] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Rows of one partition whose key starts with prefix, in key order, after `after`."""
-        query = "PartitionKey eq @pk and RowKey gt @low and RowKey lt @high" + extra_filter
-        params = {"pk": partition, "low": prefix + after if after else prefix, "high": next_key(prefix)}
-        params.update(parameters or {})
+        query = "PartitionKey eq @pk and RowKey gt @low"
+        params = {"pk": partition, "low": prefix + after if after else prefix, **(parameters or {})}
+        if prefix:
+            query += " and RowKey lt @high"
+            params["high"] = next_key(prefix)
+        query += extra_filter
         page_size = min(limit, 1000) if limit else 1000
         count = 0
         async for entity in table.query_entities(query, parameters=params, results_per_page=page_size):

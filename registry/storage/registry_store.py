@@ -117,14 +117,8 @@ class RegistryStore:
 
     async def delete_blob(self, repository: str, digest: Digest) -> None:
         """Unlink the blob from the repository; its bytes stay while other links may need them."""
-        try:
-            await self.metadata.repos.delete_entity(
-                repository_key(repository), BLOB + str(digest), match_condition=MatchConditions.IfPresent
-            )
-        except HttpResponseError as error:
-            if error.status_code in (404, 412):
-                raise RegistryError(BLOB_UNKNOWN, f"blob {digest} is not in repository {repository}") from None
-            raise
+        if not await self.metadata.delete(self.metadata.repos, repository_key(repository), BLOB + str(digest)):
+            raise RegistryError(BLOB_UNKNOWN, f"blob {digest} is not in repository {repository}")
 
     async def mount_blob(self, repository: str, digest: Digest, source: str) -> BlobInfo | None:
         """Link a blob that `source` already has into `repository`; None if it has none."""
@@ -377,14 +371,8 @@ class RegistryStore:
         await self.metadata.transact(self.metadata.repos, operations)
 
     async def delete_tag(self, repository: str, tag: str) -> None:
-        try:
-            await self.metadata.repos.delete_entity(
-                repository_key(repository), TAG + tag, match_condition=MatchConditions.IfPresent
-            )
-        except HttpResponseError as error:
-            if error.status_code in (404, 412):
-                raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} is not in repository {repository}") from None
-            raise
+        if not await self.metadata.delete(self.metadata.repos, repository_key(repository), TAG + tag):
+            raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} is not in repository {repository}")
 
     # --- listings ----------------------------------------------------------------------
 

@@ -1,0 +1,26 @@
+"""Azure Functions entry point: binds Berth's routes to HTTP-triggered functions.
+
+Uses the HTTP streaming extension (azurefunctions-extensions-http-fastapi), so requests and
+responses are Starlette objects whose bodies stream: a layer never sits whole in memory.
+Needs Functions runtime >= 4.34.1 and the app setting PYTHON_ENABLE_INIT_INDEXING=1.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
+
+from registry.app import BerthApplication
+from registry.settings import load_settings
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+berth = BerthApplication(load_settings())
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+@app.route(route="v2/{*path}", methods=ALL_METHODS)
+async def distribution_api(req: Request) -> Response:
+    """The OCI Distribution API: /v2/ and everything below it."""
+    return await berth.handle(req)
+

@@ -1,0 +1,225 @@
+"""Blob push: sessions, chunks, monolithic uploads, mounts, and what failures leave behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from urllib.parse import urlsplit
+
+import httpx
+
+from tests.conftest import Server, StorageView
+from tests.helpers import error_codes, push_blob, push_image, sha256
+
+
+def start(client: httpx.Client, repo: str) -> str:
+    response = client.post(f"/v2/{repo}/blobs/uploads/")
+    assert response.status_code == 202
+    assert response.headers["Range"] == "0-0"
+    assert response.headers["Docker-Upload-UUID"]
+    return response.headers["Location"]
+
+
+def test_post_then_put_with_body(client: httpx.Client, repo: str) -> None:
+    data = os.urandom(2048)
+    location = start(client, repo)
+    assert location.startswith(f"/v2/{repo}/blobs/uploads/")
+    response = client.put(location, params={"digest": sha256(data)}, content=data)
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"/v2/{repo}/blobs/{sha256(data)}"
+    assert response.headers["Docker-Content-Digest"] == sha256(data)
+    assert client.get(f"/v2/{repo}/blobs/{sha256(data)}", follow_redirects=True).content == data
+
+
+def test_chunked_upload_with_content_range(client: httpx.Client, repo: str) -> None:
+    data = os.urandom(5 * 1024 * 1024 + 333)  # chunks straddle the 4 MiB block size
+    cut1, cut2 = 1_000_000, 4_500_000
+    location = start(client, repo)
+    for begin, end in ((0, cut1), (cut1, cut2)):
+        response = client.patch(
+            location,
+            content=data[begin:end],
+            headers={"Content-Range": f"{begin}-{end - 1}", "Content-Type": "application/octet-stream"},
+        )
+        assert response.status_code == 202, response.text
+        assert response.headers["Range"] == f"0-{end - 1}"
+        location = response.headers["Location"]
+    status = client.get(location)
+    assert status.status_code == 204
+    assert status.headers["Range"] == f"0-{cut2 - 1}"
+    # The last chunk travels in the closing PUT.
+    response = client.put(location, params={"digest": sha256(data)}, content=data[cut2:],
+                          headers={"Content-Range": f"{cut2}-{len(data) - 1}"})
+    assert response.status_code == 201, response.text
+    assert client.get(f"/v2/{repo}/blobs/{sha256(data)}", follow_redirects=True).content == data
+
+
+def test_streamed_patch_without_content_range(client: httpx.Client, repo: str) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+
+    def body():  # chunked transfer encoding, no Content-Length: how skopeo sends a layer
+        for i in range(0, len(data), 65536):
+            yield data[i:i + 65536]
+
+    location = start(client, repo)
+    response = client.patch(location, content=body())
+    assert response.status_code == 202
+    assert response.headers["Range"] == f"0-{len(data) - 1}"
+    response = client.put(response.headers["Location"], params={"digest": sha256(data)})
+    assert response.status_code == 201
+
+
+def test_out_of_order_chunk_is_refused_with_current_range(client: httpx.Client, repo: str) -> None:
+    location = start(client, repo)
+    assert client.patch(location, content=b"a" * 100, headers={"Content-Range": "0-99"}).status_code == 202
+    response = client.patch(location, content=b"b" * 100, headers={"Content-Range": "200-299"})
+    assert response.status_code == 416
+    assert response.headers["Range"] == "0-99"
+    assert response.headers["Location"] == location
+    # The upload goes on from where it really is.
+    assert client.patch(location, content=b"c" * 50, headers={"Content-Range": "100-149"}).status_code == 202
+    data = b"a" * 100 + b"c" * 50
+    assert client.put(location, params={"digest": sha256(data)}).status_code == 201
+
+
+def test_content_range_disagreeing_with_length(client: httpx.Client, repo: str) -> None:
+    location = start(client, repo)
+    response = client.patch(location, content=b"x" * 10, headers={"Content-Range": "0-19"})
+    assert response.status_code == 400
+    assert error_codes(response) == ["SIZE_INVALID"]
+    assert client.get(location).headers["Range"] == "0-0"
+
+
+def test_digest_mismatch_is_refused_and_changes_nothing(client: httpx.Client, repo: str, storage: StorageView) -> None:
+    good_digest, _ = push_image(client, repo, "stable")
+    before = storage.repository_rows(repo).keys()
+    location = start(client, repo)
+    response = client.put(location, params={"digest": sha256(b"other bytes")}, content=b"these bytes")
+    assert response.status_code == 400
+    assert error_codes(response) == ["DIGEST_INVALID"]
+    assert client.head(f"/v2/{repo}/blobs/{sha256(b'other bytes')}").status_code == 404
+    assert client.head(f"/v2/{repo}/blobs/{sha256(b'these bytes')}").status_code == 404
+    # Existing image untouched; no link was made.
+    assert client.get(f"/v2/{repo}/manifests/stable").headers["Docker-Content-Digest"] == good_digest
+    assert {key for key in storage.repository_rows(repo) if not key.startswith("u:")} == {
+        key for key in before if not key.startswith("u:")
+    }
+
+
+def test_monolithic_post_with_wrong_digest_leaves_no_trace(client: httpx.Client, repo: str,
+                                                          storage: StorageView) -> None:
+    blobs_before = storage.blob_names("data/")
+    response = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": sha256(b"a")}, content=b"b")
+    assert response.status_code == 400
+    assert error_codes(response) == ["DIGEST_INVALID"]
+    assert storage.repository_rows(repo) == {}
+    assert storage.blob_names("data/") == blobs_before
+
+
+def test_put_without_digest(client: httpx.Client, repo: str) -> None:
+    location = start(client, repo)
+    response = client.put(location, content=b"abc")
+    assert response.status_code == 400
+    assert error_codes(response) == ["DIGEST_INVALID"]
+
+
+def test_cancel_removes_the_session_and_its_bytes(client: httpx.Client, repo: str, storage: StorageView) -> None:
+    location = start(client, repo)
+    client.patch(location, content=os.urandom(1000))
+    upload_id = location.rsplit("/", 1)[1]
+    assert f"data/{upload_id}" in storage.blob_names("data/")
+    assert client.delete(location).status_code == 204
+    assert f"data/{upload_id}" not in storage.blob_names("data/")
+    for method in ("GET", "PATCH", "PUT", "DELETE"):
+        response = client.request(method, location, params={"digest": sha256(b"")})
+        assert response.status_code == 404, method
+        assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
+
+
+def test_upload_is_bound_to_its_repository(client: httpx.Client, repo: str) -> None:
+    location = start(client, repo)
+    upload_id = location.rsplit("/", 1)[1]
+    response = client.patch(f"/v2/{repo}-elsewhere/blobs/uploads/{upload_id}", content=b"x")
+    assert response.status_code == 404
+    assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
+
+
+def test_upload_ids_are_unguessable(client: httpx.Client, repo: str) -> None:
+    ids = {start(client, repo).rsplit("/", 1)[1] for _ in range(5)}
+    assert len(ids) == 5
+    assert all(len(upload_id) >= 32 for upload_id in ids)
+
+
+def test_empty_blob(client: httpx.Client, repo: str) -> None:
+    location = start(client, repo)
+    response = client.put(location, params={"digest": sha256(b"")})
+    assert response.status_code == 201, response.text
+    head = client.head(f"/v2/{repo}/blobs/{sha256(b'')}")
+    assert head.status_code == 200 and head.headers["Content-Length"] == "0"
+
+
+def test_same_content_is_stored_once(client: httpx.Client, repo: str, storage: StorageView) -> None:
+    data = os.urandom(4321)
+    push_blob(client, repo, data)
+    count = len(storage.blob_names("data/"))
+    push_blob(client, f"{repo}/copy", data)
+    assert len(storage.blob_names("data/")) == count
+
+
+def test_cross_repository_mount(client: httpx.Client, repo: str) -> None:
+    data = os.urandom(600)
+    digest = push_blob(client, repo, data)
+    response = client.post(f"/v2/{repo}/mounted/blobs/uploads/", params={"mount": digest, "from": repo})
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"/v2/{repo}/mounted/blobs/{digest}"
+    assert response.headers["Docker-Content-Digest"] == digest
+    assert client.head(f"/v2/{repo}/mounted/blobs/{digest}").status_code == 200
+
+
+def test_mount_of_unknown_blob_falls_back_to_an_upload(client: httpx.Client, repo: str) -> None:
+    data = os.urandom(600)
+    response = client.post(f"/v2/{repo}/blobs/uploads/", params={"mount": sha256(data), "from": f"{repo}/none"})
+    assert response.status_code == 202
+    put = client.put(response.headers["Location"], params={"digest": sha256(data)}, content=data)
+    assert put.status_code == 201
+
+
+def test_mount_from_an_invalid_name(client: httpx.Client, repo: str) -> None:
+    response = client.post(f"/v2/{repo}/blobs/uploads/", params={"mount": sha256(b"x"), "from": "Bad/NAME"})
+    assert response.status_code == 400
+    assert error_codes(response) == ["NAME_INVALID"]
+
+
+def _send_partial_request(server: Server, path: str, announced: int, sent: bytes) -> None:
+    """Announce `announced` bytes, send fewer, then vanish — a client that died mid-upload."""
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port)) as sock:
+        head = (
+            f"PATCH {path} HTTP/1.1\r\nHost: {server.host}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {announced}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + sent)
+        time.sleep(0.5)
+
+
+def test_interrupted_upload_is_resumable_and_harms_nothing(
+    client: httpx.Client, server: Server, repo: str, storage: StorageView
+) -> None:
+    image_digest, _ = push_image(client, repo, "v1")
+    first = os.urandom(1024 * 1024)
+    location = start(client, repo)
+    assert client.patch(location, content=first, headers={"Content-Range": f"0-{len(first) - 1}"}).status_code == 202
+    # 6 MiB announced, 5 MiB sent (more than a staged block), then the connection drops.
+    _send_partial_request(server, location, 6 * 1024 * 1024, os.urandom(5 * 1024 * 1024))
+    time.sleep(0.5)
+    status = client.get(location)
+    assert status.status_code == 204
+    assert status.headers["Range"] == f"0-{len(first) - 1}"  # nothing of the broken chunk counts
+    rest = os.urandom(2 * 1024 * 1024)
+    response = client.patch(location, content=rest, headers={"Content-Range": f"{len(first)}-{len(first) + len(rest) - 1}"})
+    assert response.status_code == 202
+    data = first + rest
+    assert client.put(location, params={"digest": sha256(data)}).status_code == 201
+    assert client.get(f"/v2/{repo}/blobs/{sha256(data)}", follow_redirects=True).content == data
+    assert client.get(f"/v2/{repo}/manifests/v1").headers["Docker-Content-Digest"] == image_digest
