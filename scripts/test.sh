@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sets up (first run) and runs the whole test suite: unit, HTTP against Azurite, real clients.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k skopeo
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The real clients the suite drives, from Debian. Without root they must already be installed.
+clients=(skopeo podman buildah)
+missing=()
+for tool in "${clients[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "note: ${missing[*]} not installed; their tests will be skipped (sudo apt-get install ${missing[*]})" >&2
+  fi
+fi
+
+scripts/setup.sh requirements-dev.txt
+# pytest's own exit status is the result: 1 for failures, 5 when no test ran; both fail the run.
+exec .venv/bin/python -m pytest "$@"

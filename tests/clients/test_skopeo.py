@@ -1,0 +1,93 @@
+"""skopeo (containers/image, as podman and buildah use it) against Berth."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.clients.layouts import image_layout, manifest_digest, multiarch_layout, read_blob
+from tests.conftest import Server, require_tool
+
+
+@pytest.fixture(scope="module")
+def skopeo() -> str:
+    return require_tool("skopeo")
+
+
+def run(*args: str) -> str:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def copy(skopeo: str, source: str, destination: str, *flags: str) -> None:
+    run(skopeo, "copy", "--src-tls-verify=false", "--dest-tls-verify=false", *flags, source, destination)
+
+
+def test_oci_image_round_trip_keeps_digests(skopeo: str, server: Server, repo: str, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    pushed = image_layout(source, "v1", [3_000_000, 10_000])
+    copy(skopeo, f"oci:{source}:v1", f"docker://{server.host}/{repo}:v1", "--preserve-digests")
+    raw = run(skopeo, "inspect", "--tls-verify=false", "--raw", f"docker://{server.host}/{repo}:v1")
+    assert "sha256:" + hashlib.sha256(raw.encode()).hexdigest() == pushed
+    assert raw.encode() == read_blob(source, pushed)
+    pulled = tmp_path / "pulled"
+    copy(skopeo, f"docker://{server.host}/{repo}:v1", f"oci:{pulled}:v1", "--preserve-digests")
+    assert manifest_digest(pulled, "v1") == pushed
+    manifest = json.loads(read_blob(pulled, pushed))
+    for layer in manifest["layers"]:
+        assert read_blob(pulled, layer["digest"]) == read_blob(source, layer["digest"])
+
+
+def test_docker_v2s2_image(skopeo: str, server: Server, repo: str, tmp_path: Path) -> None:
+    image_layout(tmp_path / "src", "v1")
+    copy(skopeo, f"oci:{tmp_path / 'src'}:v1", f"docker://{server.host}/{repo}:v2s2", "--format", "v2s2")
+    raw = run(skopeo, "inspect", "--tls-verify=false", "--raw", f"docker://{server.host}/{repo}:v2s2")
+    manifest = json.loads(raw)
+    assert manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    digest = "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+    # Registry to registry (through a cross-repository mount) without changing a byte.
+    copy(skopeo, f"docker://{server.host}/{repo}:v2s2", f"docker://{server.host}/{repo}/copy:v2s2",
+         "--preserve-digests")
+    again = run(skopeo, "inspect", "--tls-verify=false", "--raw", f"docker://{server.host}/{repo}/copy:v2s2")
+    assert "sha256:" + hashlib.sha256(again.encode()).hexdigest() == digest
+    pulled = tmp_path / "dir"
+    copy(skopeo, f"docker://{server.host}/{repo}:v2s2", f"dir:{pulled}")
+    assert (pulled / "manifest.json").read_text() == raw
+
+
+def test_multi_arch_index_with_all(skopeo: str, server: Server, repo: str, tmp_path: Path) -> None:
+    index_digest = multiarch_layout(tmp_path / "src", "multi")
+    copy(skopeo, f"oci:{tmp_path / 'src'}:multi", f"docker://{server.host}/{repo}:multi", "--all",
+         "--preserve-digests")
+    raw = run(skopeo, "inspect", "--tls-verify=false", "--raw", f"docker://{server.host}/{repo}:multi")
+    assert "sha256:" + hashlib.sha256(raw.encode()).hexdigest() == index_digest
+    pulled = tmp_path / "pulled"
+    copy(skopeo, f"docker://{server.host}/{repo}:multi", f"oci:{pulled}:multi", "--all", "--preserve-digests")
+    assert manifest_digest(pulled, "multi") == index_digest
+    for child in json.loads(raw)["manifests"]:
+        assert read_blob(pulled, child["digest"]) == read_blob(tmp_path / "src", child["digest"])
+
+
+def test_list_tags_and_delete(skopeo: str, server: Server, repo: str, tmp_path: Path) -> None:
+    image_layout(tmp_path / "src", "v1")
+    for tag in ("1.0", "1.1", "latest"):
+        copy(skopeo, f"oci:{tmp_path / 'src'}:v1", f"docker://{server.host}/{repo}:{tag}")
+    listed = json.loads(run(skopeo, "list-tags", "--tls-verify=false", f"docker://{server.host}/{repo}"))
+    assert listed["Tags"] == ["1.0", "1.1", "latest"]
+    # skopeo deletes the manifest by digest, which takes every tag on it away.
+    run(skopeo, "delete", "--tls-verify=false", f"docker://{server.host}/{repo}:1.0")
+    assert httpx.get(f"{server.url}/v2/{repo}/tags/list").json()["tags"] == []
+
+
+def test_pull_through_proxy_delivery(skopeo: str, server: Server, proxy_server: Server, repo: str,
+                                     tmp_path: Path) -> None:
+    pushed = image_layout(tmp_path / "src", "v1", [1_500_000])
+    copy(skopeo, f"oci:{tmp_path / 'src'}:v1", f"docker://{server.host}/{repo}:v1")
+    copy(skopeo, f"docker://{proxy_server.host}/{repo}:v1", f"oci:{tmp_path / 'out'}:v1", "--preserve-digests")
+    assert manifest_digest(tmp_path / "out", "v1") == pushed

@@ -1,0 +1,100 @@
+"""function_app.py as the Functions host would call it: Starlette requests in, responses out."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import json
+import os
+import sys
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+
+from registry.azurite import Azurite
+from tests.conftest import CONTAINER, TABLE_PREFIX
+
+
+@pytest.fixture
+def function_module(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("BERTH_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    monkeypatch.setenv("BERTH_BLOB_CONTAINER", CONTAINER)
+    monkeypatch.setenv("BERTH_TABLE_PREFIX", TABLE_PREFIX)
+    sys.modules.pop("function_app", None)
+    return importlib.import_module("function_app")
+
+
+def test_declares_anonymous_catch_all_routes(function_module: Any) -> None:
+    functions = {f.get_function_name(): json.loads(f.get_function_json()) for f in function_module.app.get_functions()}
+    binding = functions["distribution_api"]["bindings"][0]
+    assert binding["route"] == "v2/{*path}"
+    assert binding["authLevel"] == "ANONYMOUS"
+    assert {m.upper() for m in binding["methods"]} >= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
+    with open(os.path.join(os.path.dirname(function_module.__file__), "host.json")) as host:
+        assert json.load(host)["extensions"]["http"]["routePrefix"] == ""
+
+
+async def call(function_module: Any, method: str, path: str, body: bytes = b"", query: str = "",
+               headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """Send one request through the function and collect the streamed response."""
+    chunks = [body[i:i + 65536] for i in range(0, len(body), 65536)] or [b""]
+
+    async def receive() -> dict[str, Any]:
+        chunk = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    raw_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
+             "query_string": query.encode(), "headers": raw_headers, "http_version": "1.1",
+             "scheme": "http", "server": ("berth.test", 443), "root_path": ""}
+    response = await function_module.distribution_api(Request(scope, receive))
+    sent: dict[str, Any] = {"body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            sent["status"] = message["status"]
+            sent["headers"] = {k.decode().lower(): v.decode() for k, v in message["headers"]}
+        else:
+            sent["body"] += message.get("body", b"")
+
+    await response(scope, receive, send)
+    return sent["status"], sent["headers"], sent["body"]
+
+
+def test_push_and_pull_through_the_function(function_module: Any) -> None:
+    layer = os.urandom(300_000)
+    config = b'{"architecture":"amd64","os":"linux"}'
+
+    def digest(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    async def scenario() -> None:
+        try:
+            status, headers, _ = await call(function_module, "GET", "/v2/")
+            assert status == 200 and headers["docker-distribution-api-version"] == "registry/2.0"
+            for blob in (layer, config):
+                status, _, body = await call(function_module, "POST", "/v2/fn/app/blobs/uploads/", blob,
+                                             f"digest={digest(blob)}", {"content-length": str(len(blob))})
+                assert status == 201, body
+            manifest = json.dumps({
+                "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config),
+                           "size": len(config)},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(layer),
+                            "size": len(layer)}],
+            }).encode()
+            status, headers, _ = await call(function_module, "PUT", "/v2/fn/app/manifests/v1", manifest, "",
+                                            {"content-type": "application/vnd.oci.image.manifest.v1+json"})
+            assert status == 201 and headers["docker-content-digest"] == digest(manifest)
+            status, headers, body = await call(function_module, "GET", "/v2/fn/app/manifests/v1")
+            assert status == 200 and body == manifest
+            status, headers, _ = await call(function_module, "GET", f"/v2/fn/app/blobs/{digest(layer)}")
+            assert status == 307 and "sig=" in headers["location"]
+            status, _, body = await call(function_module, "GET", "/v2/fn/app/blobs/sha256:abc")
+            assert status == 400 and json.loads(body)["errors"][0]["code"] == "DIGEST_INVALID"
+        finally:
+            await function_module.berth.close()
+
+    asyncio.run(scenario())
