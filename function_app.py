@@ -7,6 +7,8 @@ Needs Functions runtime >= 4.34.1 and the app setting PYTHON_ENABLE_INIT_INDEXIN
 
 from __future__ import annotations
 
+import logging
+
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
@@ -24,3 +26,10 @@ async def distribution_api(req: Request) -> Response:
     """The OCI Distribution API: /v2/ and everything below it."""
     return await berth.handle(req)
 
+
+
+@app.timer_trigger(schedule="0 17 * * * *", arg_name="timer", run_on_startup=False)
+async def purge_expired_uploads(timer: func.TimerRequest) -> None:
+    """Hourly: remove upload sessions that expired unfinished, and their staged bytes."""
+    purged = await berth.purge_expired_uploads()
+    logging.info("purged %d expired upload sessions", purged)

@@ -43,6 +43,27 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def purge_uploads(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from registry.app import BerthApplication
+
+    settings = load_settings()
+    if not settings.storage_configured:
+        print("berth: set BERTH_STORAGE_CONNECTION_STRING or BERTH_STORAGE_ACCOUNT", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        berth = BerthApplication(settings)
+        try:
+            return await berth.purge_expired_uploads()
+        finally:
+            await berth.close()
+
+    print(f"berth: purged {asyncio.run(run())} expired upload sessions")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m registry", description="Berth, a private OCI registry")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -51,12 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--port", type=int, default=5000)
     serve_parser.add_argument("--log-level", default="info")
     serve_parser.add_argument("--access-log", action="store_true", help="log every request")
+    commands.add_parser("purge-uploads", help="delete expired, unfinished uploads and their bytes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every storage call at INFO
     if args.command == "serve":
         return serve(args)
-    return 2
+    return purge_uploads(args)
 
 
 if __name__ == "__main__":

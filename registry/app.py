@@ -46,6 +46,9 @@ class BerthApplication:
     async def handle(self, request: Request) -> Response:
         return await self.api.handle(request)
 
+    async def purge_expired_uploads(self) -> int:
+        return await (await self.context()).store.purge_expired_uploads()
+
     async def close(self) -> None:
         if self._clients is not None:
             await self._clients.close()

@@ -49,7 +49,7 @@ class Azurite:
             f"TableEndpoint={base}:{self.table_port}/{ACCOUNT};"
         )
 
-    def start(self, timeout: float = 30.0) -> "Azurite":
+    def start(self, timeout: float = 30.0) -> Azurite:
         if not AZURITE_BIN.exists():
             raise RuntimeError(f"Azurite is not installed at {AZURITE_BIN}; run `npm ci` in {PROJECT_ROOT}")
         for _ in range(3):  # a port picked as free can be taken before Azurite binds it
@@ -95,7 +95,7 @@ class Azurite:
             self.process.wait(timeout=10)
         self.process = None
 
-    def __enter__(self) -> "Azurite":
+    def __enter__(self) -> Azurite:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 MiB = 1024 * 1024
 
@@ -36,7 +36,7 @@ class Settings:
     def storage_configured(self) -> bool:
         return bool(self.storage_connection_string or (self.blob_endpoint and self.table_endpoint))
 
-    def with_storage(self, connection_string: str) -> "Settings":
+    def with_storage(self, connection_string: str) -> Settings:
         return replace(self, storage_connection_string=connection_string)
 
 

@@ -5,11 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The real clients the suite drives, from Debian. Without root they must already be installed.
-clients=(skopeo podman buildah)
+clients=(skopeo podman buildah containerd)
 missing=()
 for tool in "${clients[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
   else
@@ -18,5 +19,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 scripts/setup.sh requirements-dev.txt
+.venv/bin/ruff check --quiet .
 # pytest's own exit status is the result: 1 for failures, 5 when no test ran; both fail the run.
 exec .venv/bin/python -m pytest "$@"

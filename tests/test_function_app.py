@@ -32,6 +32,8 @@ def test_declares_anonymous_catch_all_routes(function_module: Any) -> None:
     assert binding["route"] == "v2/{*path}"
     assert binding["authLevel"] == "ANONYMOUS"
     assert {m.upper() for m in binding["methods"]} >= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
+    timer = functions["purge_expired_uploads"]["bindings"][0]
+    assert timer["type"] == "timerTrigger" and timer["schedule"] == "0 17 * * * *"
     with open(os.path.join(os.path.dirname(function_module.__file__), "host.json")) as host:
         assert json.load(host)["extensions"]["http"]["routePrefix"] == ""
 

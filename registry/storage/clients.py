@@ -61,6 +61,8 @@ def create_clients(settings: Settings) -> StorageClients:
         if settings.managed_identity_client_id
         else DefaultAzureCredential()
     )
-    blob = BlobServiceClient(settings.blob_endpoint, credential=credential, transport=_transport(session), **blob_options)
+    blob = BlobServiceClient(
+        settings.blob_endpoint, credential=credential, transport=_transport(session), **blob_options
+    )
     table = TableServiceClient(settings.table_endpoint, credential=credential, transport=_transport(session))
     return StorageClients(blob, table, session, credential)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import secrets
-from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -38,7 +39,7 @@ class ContentStore:
         self._block_size = block_size
         self._blocks_in_flight = blocks_in_flight
         self._delegation_key: Any = None
-        self._delegation_key_expiry = datetime.min.replace(tzinfo=timezone.utc)
+        self._delegation_key_expiry = datetime.min.replace(tzinfo=UTC)
 
     async def ensure_container(self) -> None:
         try:
@@ -138,7 +139,7 @@ class ContentStore:
     async def read_url(self, name: str, ttl_seconds: int) -> str:
         """A URL that lets its holder read this one blob for ttl_seconds, and nothing else."""
         blob = self._container.get_blob_client(name)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         expiry = now + timedelta(seconds=ttl_seconds)
         start = now - timedelta(minutes=5)  # tolerate clock skew between us and storage
         account_key = getattr(self._service.credential, "account_key", None)
@@ -167,7 +168,7 @@ class ContentStore:
     async def _user_delegation_key(self, needed_until: datetime) -> Any:
         # One key serves many SAS URLs; renew it well before any URL could outlive it.
         if self._delegation_key is None or self._delegation_key_expiry < needed_until:
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             expiry = now + timedelta(hours=6)
             self._delegation_key = await self._service.get_user_delegation_key(
                 key_start_time=now - timedelta(minutes=5), key_expiry_time=expiry

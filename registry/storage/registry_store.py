@@ -11,9 +11,10 @@ import hashlib
 import json
 import secrets
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError
@@ -44,6 +45,7 @@ from registry.storage.metadata import (
     UPLOAD,
     MetadataStore,
     int64,
+    next_key,
     read_int,
     repository_key,
     repository_name,
@@ -84,7 +86,7 @@ class StoredManifest:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class RegistryStore:
@@ -265,6 +267,22 @@ class RegistryStore:
         await self.metadata.repos.delete_entity(repository_key(session.repository), UPLOAD + session.id)
         self._hashers.pop(session.id, None)
 
+    async def purge_expired_uploads(self, now: datetime | None = None) -> int:
+        """Delete upload sessions past their expiry, with their bytes; returns how many.
+
+        A scan over all repositories: meant for a periodic job, not a request path.
+        """
+        cutoff = now or _now()
+        query = "RowKey gt @low and RowKey lt @high and expires lt @cutoff"
+        params = {"low": UPLOAD, "high": next_key(UPLOAD), "cutoff": cutoff}
+        purged = 0
+        columns = ["PartitionKey", "RowKey", "location"]
+        async for row in self.metadata.repos.query_entities(query, parameters=params, select=columns):
+            await self.content.delete(row["location"])
+            await self.metadata.repos.delete_entity(row["PartitionKey"], row["RowKey"])
+            purged += 1
+        return purged
+
     def _trim_hashers(self) -> None:
         while len(self._hashers) > HASHER_CACHE_SIZE:
             self._hashers.popitem(last=False)
@@ -424,7 +442,7 @@ class _HashingStream:
         self._chunks = chunks
         self._hasher = hasher
 
-    def __aiter__(self) -> "_HashingStream":
+    def __aiter__(self) -> _HashingStream:
         return self
 
     async def __anext__(self) -> bytes:

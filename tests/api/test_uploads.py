@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from datetime import UTC
 from urllib.parse import urlsplit
 
 import httpx
@@ -217,9 +218,63 @@ def test_interrupted_upload_is_resumable_and_harms_nothing(
     assert status.status_code == 204
     assert status.headers["Range"] == f"0-{len(first) - 1}"  # nothing of the broken chunk counts
     rest = os.urandom(2 * 1024 * 1024)
-    response = client.patch(location, content=rest, headers={"Content-Range": f"{len(first)}-{len(first) + len(rest) - 1}"})
+    next_range = f"{len(first)}-{len(first) + len(rest) - 1}"
+    response = client.patch(location, content=rest, headers={"Content-Range": next_range})
     assert response.status_code == 202
     data = first + rest
     assert client.put(location, params={"digest": sha256(data)}).status_code == 201
     assert client.get(f"/v2/{repo}/blobs/{sha256(data)}", follow_redirects=True).content == data
     assert client.get(f"/v2/{repo}/manifests/v1").headers["Docker-Content-Digest"] == image_digest
+
+
+def test_expired_uploads_are_purged_with_their_bytes(client: httpx.Client, repo: str, storage: StorageView,
+                                                    azurite) -> None:
+    import asyncio
+    from datetime import datetime, timedelta
+
+    from registry.app import BerthApplication
+    from registry.settings import load_settings
+    from tests.conftest import CONTAINER, TABLE_PREFIX
+
+    location = start(client, repo)
+    client.patch(location, content=os.urandom(2000))
+    upload_id = location.rsplit("/", 1)[1]
+    assert f"data/{upload_id}" in storage.blob_names("data/")
+    settings = load_settings({"BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
+                              "BERTH_BLOB_CONTAINER": CONTAINER, "BERTH_TABLE_PREFIX": TABLE_PREFIX})
+
+    async def purge(now: datetime) -> int:
+        berth = BerthApplication(settings)
+        try:
+            return await (await berth.context()).store.purge_expired_uploads(now)
+        finally:
+            await berth.close()
+
+    assert asyncio.run(purge(datetime.now(UTC))) >= 0
+    assert client.get(location).status_code == 204  # not expired yet: untouched
+    assert asyncio.run(purge(datetime.now(UTC) + timedelta(days=2))) >= 1
+    assert f"data/{upload_id}" not in storage.blob_names("data/")
+    assert f"u:{upload_id}" not in storage.repository_rows(repo)
+    assert error_codes(client.get(location)) == ["BLOB_UPLOAD_UNKNOWN"]
+
+
+def test_concurrent_chunks_at_the_same_offset_cannot_both_land(server: Server, repo: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with httpx.Client(base_url=server.url, timeout=60) as setup:
+        location = start(setup, repo)
+    chunks = {name: bytes([name]) * (6 * 1024 * 1024) for name in (1, 2)}
+
+    def send(name: int) -> int:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            headers = {"Content-Range": f"0-{len(chunks[name]) - 1}"}
+            return http.patch(location, content=chunks[name], headers=headers).status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        statuses = dict(zip(chunks, pool.map(send, chunks), strict=True))
+    assert sorted(statuses.values()) == [202, 416]
+    winner = next(name for name, status in statuses.items() if status == 202)
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        assert http.get(location).headers["Range"] == f"0-{len(chunks[winner]) - 1}"
+        done = http.put(location, params={"digest": sha256(chunks[winner])})
+        assert done.status_code == 201, done.text
