@@ -16,17 +16,41 @@ from starlette.responses import Response
 from registry.api.http import Context
 from registry.api.routes import RegistryApi
 from registry.auth import AllowAll, Authorizer
-from registry.settings import Settings
+from registry.auth.authorizer import TokenAuthorizer
+from registry.auth.entra import EntraValidator
+from registry.auth.service import TokenService
+from registry.auth.tokens import TokenIssuer
+from registry.settings import Settings, SettingsError
+from registry.storage.access_store import AccessStore
 from registry.storage.clients import StorageClients, create_clients
 from registry.storage.registry_store import RegistryStore
 
 log = logging.getLogger("berth")
 
 
+def token_issuer(settings: Settings) -> TokenIssuer:
+    if settings.token_signing_key is None:
+        raise SettingsError("BERTH_AUTH=token needs BERTH_TOKEN_SIGNING_KEY (base64, at least 32 bytes)")
+    return TokenIssuer(settings.token_signing_key, settings.access_token_ttl_seconds,
+                       settings.refresh_token_ttl_seconds)
+
+
+def entra_validator(settings: Settings) -> EntraValidator | None:
+    if not settings.entra_tenant_id or not settings.entra_jwks_url:
+        return None
+    return EntraValidator(settings.entra_tenant_id, list(settings.entra_audiences), settings.entra_jwks_url,
+                          settings.entra_authority_host, settings.entra_jwks_cooldown_seconds)
+
+
 class BerthApplication:
-    def __init__(self, settings: Settings, authorizer: Authorizer | None = None):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.api = RegistryApi(self.context, authorizer or AllowAll())
+        authorizer: Authorizer = AllowAll()
+        self._issuer: TokenIssuer | None = None
+        if settings.auth == "token":
+            self._issuer = token_issuer(settings)
+            authorizer = TokenAuthorizer(settings, self._issuer)
+        self.api = RegistryApi(self.context, authorizer)
         self._context: Context | None = None
         self._clients: StorageClients | None = None
         self._lock = asyncio.Lock()
@@ -39,8 +63,13 @@ class BerthApplication:
                     clients = create_clients(self.settings)
                     store = RegistryStore(clients, self.settings)
                     await store.initialize()
+                    access = AccessStore(clients.table_service, self.settings.table_prefix)
+                    await access.ensure_table()
+                    tokens = None
+                    if self._issuer is not None:
+                        tokens = TokenService(self.settings, self._issuer, access, entra_validator(self.settings))
                     self._clients = clients
-                    self._context = Context(store, self.settings)
+                    self._context = Context(store, self.settings, tokens)
         return self._context
 
     async def handle(self, request: Request) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -30,7 +31,21 @@ class Settings:
     blocks_in_flight: int = 4
     max_manifest_bytes: int = 4 * MiB
     max_page_size: int = 1000
+    # Authentication (BERTH_AUTH=token): see README, "Authentication".
     auth: str = "none"
+    public_url: str | None = None
+    service: str | None = None
+    token_signing_key: bytes | None = None
+    access_token_ttl_seconds: int = 1200
+    refresh_token_ttl_seconds: int = 3 * 3600
+    admin_user: str | None = None
+    admin_password: str | None = None
+    anonymous_pull: bool = False
+    entra_tenant_id: str | None = None
+    entra_audiences: tuple[str, ...] = ()
+    entra_jwks_url: str | None = None
+    entra_authority_host: str = "login.microsoftonline.com"
+    entra_jwks_cooldown_seconds: int = 30
 
     @property
     def storage_configured(self) -> bool:
@@ -60,12 +75,38 @@ def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, 
     return value
 
 
+def _bool(env: Mapping[str, str], key: str) -> bool:
+    raw = (env.get(key) or "false").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"{key} must be true or false, got {raw!r}")
+    return raw in ("true", "1", "yes")
+
+
+def _signing_key(env: Mapping[str, str]) -> bytes | None:
+    raw = env.get("BERTH_TOKEN_SIGNING_KEY")
+    if not raw:
+        return None
+    try:
+        key = base64.b64decode(raw, validate=True)
+    except ValueError:
+        raise SettingsError("BERTH_TOKEN_SIGNING_KEY must be base64") from None
+    if len(key) < 32:
+        raise SettingsError("BERTH_TOKEN_SIGNING_KEY must hold at least 32 bytes")
+    return key
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     account = env.get("BERTH_STORAGE_ACCOUNT")
     suffix = env.get("BERTH_STORAGE_SUFFIX", "core.windows.net")
     blob_endpoint = env.get("BERTH_BLOB_ENDPOINT") or (account and f"https://{account}.blob.{suffix}")
     table_endpoint = env.get("BERTH_TABLE_ENDPOINT") or (account and f"https://{account}.table.{suffix}")
+    tenant = env.get("BERTH_ENTRA_TENANT_ID") or None
+    authority = env.get("BERTH_ENTRA_AUTHORITY_HOST") or "login.microsoftonline.com"
+    if bool(env.get("BERTH_ADMIN_USER")) != bool(env.get("BERTH_ADMIN_PASSWORD")):
+        raise SettingsError("set both BERTH_ADMIN_USER and BERTH_ADMIN_PASSWORD, or neither")
+    if tenant and not env.get("BERTH_ENTRA_AUDIENCE"):
+        raise SettingsError("BERTH_ENTRA_TENANT_ID needs BERTH_ENTRA_AUDIENCE (the registry app's id / ID URI)")
     prefix = env.get("BERTH_TABLE_PREFIX", "berth")
     if not prefix.isalnum() or not prefix[:1].isalpha() or len(prefix) > 40:
         raise SettingsError("BERTH_TABLE_PREFIX must be letters and digits, starting with a letter")
@@ -83,5 +124,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         blocks_in_flight=_int(env, "BERTH_BLOCKS_IN_FLIGHT", 4, 1, 32),
         max_manifest_bytes=_int(env, "BERTH_MAX_MANIFEST_BYTES", 4 * MiB, 1024, 32 * MiB),
         max_page_size=_int(env, "BERTH_MAX_PAGE_SIZE", 1000, 1, 10000),
-        auth=_choice(env, "BERTH_AUTH", "none", ("none",)),
+        auth=_choice(env, "BERTH_AUTH", "none", ("none", "token")),
+        public_url=(env.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,
+        service=env.get("BERTH_SERVICE") or None,
+        token_signing_key=_signing_key(env),
+        access_token_ttl_seconds=_int(env, "BERTH_ACCESS_TOKEN_TTL_SECONDS", 1200, 60, 24 * 3600),
+        refresh_token_ttl_seconds=_int(env, "BERTH_REFRESH_TOKEN_TTL_SECONDS", 3 * 3600, 300, 30 * 24 * 3600),
+        admin_user=env.get("BERTH_ADMIN_USER") or None,
+        admin_password=env.get("BERTH_ADMIN_PASSWORD") or None,
+        anonymous_pull=_bool(env, "BERTH_ANONYMOUS_PULL"),
+        entra_tenant_id=tenant,
+        entra_audiences=tuple(a.strip() for a in (env.get("BERTH_ENTRA_AUDIENCE") or "").split(",") if a.strip()),
+        entra_jwks_url=env.get("BERTH_ENTRA_JWKS_URL")
+        or (tenant and f"https://{authority}/{tenant}/discovery/v2.0/keys")
+        or None,
+        entra_authority_host=authority,
+        entra_jwks_cooldown_seconds=_int(env, "BERTH_ENTRA_JWKS_COOLDOWN_SECONDS", 30, 0, 3600),
     )

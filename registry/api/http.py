@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
+from registry.auth.service import TokenService
 from registry.oci.errors import (
     PAGINATION_NUMBER_INVALID,
     PAYLOAD_TOO_LARGE,
@@ -30,6 +31,7 @@ class Context:
 
     store: RegistryStore
     settings: Settings
+    tokens: TokenService | None = None  # None when BERTH_AUTH=none
 
 
 def error_response(error: RegistryError, head: bool = False) -> Response:

@@ -1,4 +1,4 @@
-"""The /v2 route table and the one dispatcher every host calls.
+"""The route table (/v2 and /oauth2) and the one dispatcher every host calls.
 
 Each route names the access it needs, so authorisation is decided here, before any
 handler runs, and no handler can forget it.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from registry.api import blobs, listings, manifests, uploads
+from registry.api import blobs, listings, manifests, token, uploads
 from registry.api.http import API_VERSION_HEADER, Context, error_response
 from registry.auth import Access, Authorizer
 from registry.oci.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNKNOWN, RegistryError
@@ -29,55 +29,58 @@ _NAME = r"(?P<name>.+?)"
 @dataclass(frozen=True)
 class Route:
     pattern: re.Pattern[str]
-    handlers: dict[str, tuple[Handler, tuple[str, ...]]]  # method -> (handler, actions)
+    handlers: dict[str, tuple[Handler, tuple[str, ...] | None]]  # method -> (handler, actions)
 
 
-def _route(path: str, **methods: tuple[Handler, tuple[str, ...]]) -> Route:
-    return Route(re.compile(f"^/v2{path}$"), methods)
+def _route(path: str, **methods: tuple[Handler, tuple[str, ...] | None]) -> Route:
+    return Route(re.compile(f"^{path}$"), methods)
 
 
-PULL, PUSH, DELETE = ("pull",), ("pull", "push"), ("delete",)
+# Actions per route: None = public (the token service), () = any authenticated caller.
+PULL, PUSH, DELETE, CATALOG = ("pull",), ("pull", "push"), ("delete",), ("*",)
 
 ROUTES = [
-    _route("/?", GET=(listings.api_root, ()), HEAD=(listings.api_root, ())),
-    _route("/_catalog", GET=(listings.catalog, ("*",))),
-    _route(f"/{_NAME}/tags/list", GET=(listings.list_tags, PULL)),
+    _route("/v2/?", GET=(listings.api_root, ()), HEAD=(listings.api_root, ())),
+    _route("/v2/_catalog", GET=(listings.catalog, CATALOG)),
+    _route(f"/v2/{_NAME}/tags/list", GET=(listings.list_tags, PULL)),
     _route(
-        f"/{_NAME}/manifests/(?P<reference>[^/]+)",
+        f"/v2/{_NAME}/manifests/(?P<reference>[^/]+)",
         GET=(manifests.get_manifest, PULL),
         HEAD=(manifests.head_manifest, PULL),
         PUT=(manifests.put_manifest, PUSH),
         DELETE=(manifests.delete_manifest, DELETE),
     ),
-    _route(f"/{_NAME}/blobs/uploads/?", POST=(uploads.start_upload, PUSH)),
+    _route(f"/v2/{_NAME}/blobs/uploads/?", POST=(uploads.start_upload, PUSH)),
     _route(
-        f"/{_NAME}/blobs/uploads/(?P<upload_id>[A-Za-z0-9_-]+)",
+        f"/v2/{_NAME}/blobs/uploads/(?P<upload_id>[A-Za-z0-9_-]+)",
         GET=(uploads.upload_status, PUSH),
         PATCH=(uploads.patch_upload, PUSH),
         PUT=(uploads.finish_upload, PUSH),
         DELETE=(uploads.cancel_upload, PUSH),
     ),
     _route(
-        f"/{_NAME}/blobs/(?P<digest>[^/]+)",
+        f"/v2/{_NAME}/blobs/(?P<digest>[^/]+)",
         GET=(blobs.get_blob, PULL),
         HEAD=(blobs.head_blob, PULL),
         DELETE=(blobs.delete_blob, DELETE),
     ),
-    _route(f"/{_NAME}/referrers/(?P<digest>[^/]+)", GET=(listings.referrers, PULL)),
+    _route(f"/v2/{_NAME}/referrers/(?P<digest>[^/]+)", GET=(listings.referrers, PULL)),
+    _route("/oauth2/token", GET=(token.get_token, None), POST=(token.post_token, None)),
+    _route("/oauth2/exchange", POST=(token.exchange, None)),
 ]
 
 
-def required_access(request: Request, params: dict[str, str], actions: tuple[str, ...]) -> list[Access]:
-    """The scopes a request needs: its own repository's, plus pull on a mount source."""
+def required_access(params: dict[str, str], actions: tuple[str, ...]) -> list[Access]:
+    """What a request needs on its repository, or on the catalog.
+
+    A cross-repository mount also needs pull on the source; the upload handler checks that
+    itself, because without it the request is still a valid plain upload (202).
+    """
     if not actions:
         return []
     if "name" not in params:
         return [Access("registry", "catalog", actions)]
-    needed = [Access("repository", params["name"], actions)]
-    source = request.query_params.get("from")
-    if request.method == "POST" and request.query_params.get("mount") and source:
-        needed.append(Access("repository", source, PULL))
-    return needed
+    return [Access("repository", params["name"], actions)]
 
 
 class RegistryApi:
@@ -116,6 +119,8 @@ class RegistryApi:
             params = {key: value for key, value in match.groupdict().items() if value is not None}
             if "name" in params:
                 validate_name(params["name"])
-            await self._authorizer.authorize(request, required_access(request, params, actions))
+            if actions is not None:
+                grant = await self._authorizer.authorize(request, required_access(params, actions))
+                request.state.grant = grant
             return await handler(request, await self._context_factory(), **params)
         raise RegistryError(NOT_FOUND, f"no registry endpoint at {path[:200]}")

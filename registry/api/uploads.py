@@ -26,6 +26,11 @@ def upload_headers(session: UploadSession) -> dict[str, str]:
     }
 
 
+def caller(request: Request) -> str:
+    """Who is uploading: an upload session belongs to the caller that started it."""
+    return request.state.grant.subject
+
+
 def blob_created(name: str, blob: BlobInfo) -> Response:
     return empty_response(
         201, {"Location": f"/v2/{name}/blobs/{blob.digest}", "Docker-Content-Digest": str(blob.digest)}
@@ -36,13 +41,16 @@ async def start_upload(request: Request, ctx: Context, name: str) -> Response:
     mount = request.query_params.get("mount")
     source = request.query_params.get("from")
     if mount and source:
-        blob = await ctx.store.mount_blob(name, parse_digest(mount), validate_name(source))
-        if blob is not None:
-            return blob_created(name, blob)
-        # Not mountable: answer 202 with a fresh session, and the client uploads instead.
+        digest_to_mount, source = parse_digest(mount), validate_name(source)
+        # Mounting needs pull on the source; without it (or without the blob there) the
+        # answer is a fresh session (202) and the client uploads the bytes instead.
+        if request.state.grant.allows("repository", source, "pull"):
+            blob = await ctx.store.mount_blob(name, digest_to_mount, source)
+            if blob is not None:
+                return blob_created(name, blob)
     digest_param = request.query_params.get("digest")
     digest = parse_digest(digest_param) if digest_param is not None else None
-    session = await ctx.store.start_upload(name)
+    session = await ctx.store.start_upload(name, caller(request))
     if digest is None:
         return empty_response(202, upload_headers(session))
     # Monolithic upload: the whole blob is this request's body.
@@ -56,7 +64,7 @@ async def start_upload(request: Request, ctx: Context, name: str) -> Response:
 
 
 async def upload_status(request: Request, ctx: Context, name: str, upload_id: str) -> Response:
-    session = await ctx.store.get_upload(name, upload_id)
+    session = await ctx.store.get_upload(name, upload_id, caller(request))
     return empty_response(204, upload_headers(session))
 
 
@@ -82,12 +90,13 @@ async def _append_body(request: Request, ctx: Context, session: UploadSession) -
         return await ctx.store.append_upload(session, request.stream(), expected)
     except RegistryError as error:
         if error.error is RANGE_INVALID:
-            error.headers.update(upload_headers(await ctx.store.get_upload(session.repository, session.id)))
+            current = await ctx.store.get_upload(session.repository, session.id, caller(request))
+            error.headers.update(upload_headers(current))
         raise
 
 
 async def patch_upload(request: Request, ctx: Context, name: str, upload_id: str) -> Response:
-    session = await ctx.store.get_upload(name, upload_id)
+    session = await ctx.store.get_upload(name, upload_id, caller(request))
     session = await _append_body(request, ctx, session)
     return empty_response(202, upload_headers(session))
 
@@ -97,13 +106,13 @@ async def finish_upload(request: Request, ctx: Context, name: str, upload_id: st
     if not digest_param:
         raise RegistryError(DIGEST_INVALID, "the closing PUT needs ?digest=")
     digest = parse_digest(digest_param)
-    session = await ctx.store.get_upload(name, upload_id)
+    session = await ctx.store.get_upload(name, upload_id, caller(request))
     session = await _append_body(request, ctx, session)
     blob = await ctx.store.finish_upload(session, digest)
     return blob_created(name, blob)
 
 
 async def cancel_upload(request: Request, ctx: Context, name: str, upload_id: str) -> Response:
-    session = await ctx.store.get_upload(name, upload_id)
+    session = await ctx.store.get_upload(name, upload_id, caller(request))
     await ctx.store.cancel_upload(session)
     return empty_response(204, {})

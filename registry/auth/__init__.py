@@ -1,32 +1,44 @@
-"""Who may do what. The registry core asks `Authorizer.authorize` before every handler runs."""
+"""Who may do what. The route table asks an `Authorizer` before any handler runs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from starlette.requests import Request
 
+from registry.oci.scope import Scope, covers
+
 
 @dataclass(frozen=True)
 class Access:
-    """One resource and the actions a request needs on it (Docker token scope grammar)."""
+    """One resource and the actions a request needs on it."""
 
     type: str  # "repository" or "registry"
     name: str
     actions: tuple[str, ...]
 
-    def scope(self) -> str:
-        return f"{self.type}:{self.name}:{','.join(self.actions)}"
+
+@dataclass(frozen=True)
+class Grant:
+    """What the caller of one request may do: who it is and the scopes its token carries."""
+
+    subject: str
+    scopes: tuple[Scope, ...] = field(default=())
+    everything: bool = False
+
+    def allows(self, type_: str, name: str, action: str) -> bool:
+        return self.everything or covers(self.scopes, type_, name, action)
 
 
 class Authorizer(Protocol):
-    async def authorize(self, request: Request, needed: list[Access]) -> None:
-        """Return if every access is granted; raise a RegistryError (401/403) otherwise."""
+    async def authorize(self, request: Request, needed: list[Access]) -> Grant:
+        """The caller's grant if it covers every access; raise a RegistryError (401) otherwise."""
+        ...
 
 
 class AllowAll:
-    """BERTH_AUTH=none: every request is allowed (local development and tests of the core)."""
+    """BERTH_AUTH=none: every request is allowed (local development only)."""
 
-    async def authorize(self, request: Request, needed: list[Access]) -> None:
-        return None
+    async def authorize(self, request: Request, needed: list[Access]) -> Grant:
+        return Grant("anonymous", everything=True)

@@ -145,7 +145,7 @@ class RegistryStore:
 
     # --- uploads -----------------------------------------------------------------------
 
-    async def start_upload(self, repository: str) -> UploadSession:
+    async def start_upload(self, repository: str, owner: str) -> UploadSession:
         upload_id = secrets.token_urlsafe(24)
         expires = _now() + timedelta(seconds=self._settings.upload_ttl_seconds)
         entity = {
@@ -154,6 +154,7 @@ class RegistryStore:
             "offset": int64(0),
             "location": UPLOAD_PREFIX + upload_id,
             "blobEtag": "",
+            "owner": owner,
             "expires": expires,
         }
         result = await self.metadata.repos.create_entity(entity)
@@ -161,9 +162,10 @@ class RegistryStore:
         self._trim_hashers()
         return UploadSession(repository, upload_id, 0, entity["location"], None, result["etag"], expires)
 
-    async def get_upload(self, repository: str, upload_id: str) -> UploadSession:
+    async def get_upload(self, repository: str, upload_id: str, owner: str) -> UploadSession:
+        """The session, if it is `owner`'s; another caller cannot even learn that it exists."""
         row = await self.metadata.get(self.metadata.repos, repository_key(repository), UPLOAD + upload_id)
-        if row is None or row["expires"] < _now():
+        if row is None or row["expires"] < _now() or row.get("owner") != owner:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown, finished, cancelled or expired")
         return UploadSession(
             repository,

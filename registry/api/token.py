@@ -1,0 +1,133 @@
+"""The ACR-compatible token service: /oauth2/token (GET and POST) and /oauth2/exchange."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from registry.api.http import Context, json_response, read_body
+from registry.auth.authorizer import service_name
+from registry.auth.roles import Principal
+from registry.auth.service import AuthenticationFailed, TokenService
+from registry.oci.errors import NOT_FOUND, UNAUTHORIZED, UNSUPPORTED_GRANT, RegistryError
+from registry.oci.scope import parse_scopes
+
+MAX_FORM_BYTES = 64 * 1024
+
+
+def _service(ctx: Context) -> TokenService:
+    if ctx.tokens is None:
+        raise RegistryError(NOT_FOUND, "the token service is off (BERTH_AUTH=none)")
+    return ctx.tokens
+
+
+def _denied(error: AuthenticationFailed) -> RegistryError:
+    return RegistryError(UNAUTHORIZED, str(error), headers={"WWW-Authenticate": 'Basic realm="berth"'})
+
+
+async def _form(request: Request) -> dict[str, list[str]]:
+    body = await read_body(request, MAX_FORM_BYTES)
+    try:
+        return parse_qs(body.decode(), keep_blank_values=False)
+    except UnicodeDecodeError:
+        raise RegistryError(UNSUPPORTED_GRANT, "the form is not valid UTF-8") from None
+
+
+def _first(form: dict[str, list[str]], key: str) -> str | None:
+    values = form.get(key)
+    return values[0] if values else None
+
+
+def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        username, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise RegistryError(UNAUTHORIZED, "malformed Basic credentials") from None
+    if not sep:
+        raise RegistryError(UNAUTHORIZED, "malformed Basic credentials")
+    return username, password
+
+
+def _issued_at() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def get_token(request: Request, ctx: Context) -> Response:
+    """Docker token flow: Basic credentials (or none) + scope parameters -> access token."""
+    tokens = _service(ctx)
+    service = service_name(request, ctx.settings)
+    credentials = _basic_credentials(request)
+    try:
+        principal = await tokens.from_password(*credentials, service) if credentials else tokens.anonymous()
+    except AuthenticationFailed as error:
+        raise _denied(error) from None
+    issued = tokens.access_token(service, principal, parse_scopes(request.query_params.getlist("scope")))
+    document: dict[str, object] = {
+        "token": issued.token,
+        "access_token": issued.token,
+        "expires_in": issued.expires_in,
+        "issued_at": _issued_at(),
+    }
+    if request.query_params.get("offline_token") == "true" and principal.kind != "anonymous":
+        document["refresh_token"] = tokens.refresh_token(service, principal)
+    return json_response(document)
+
+
+async def post_token(request: Request, ctx: Context) -> Response:
+    """OAuth2 form: grant_type=password or refresh_token -> access token (+ refresh token if offline)."""
+    tokens = _service(ctx)
+    service = service_name(request, ctx.settings)
+    form = await _form(request)
+    grant_type = _first(form, "grant_type")
+    try:
+        principal: Principal
+        if grant_type == "password":
+            username, password = _first(form, "username"), _first(form, "password")
+            if not username or password is None:
+                raise AuthenticationFailed("username and password are required")
+            principal = await tokens.from_password(username, password, service)
+        elif grant_type == "refresh_token":
+            refresh = _first(form, "refresh_token")
+            if not refresh:
+                raise AuthenticationFailed("refresh_token is required")
+            principal = await tokens.from_refresh_token(refresh, service)
+        else:
+            raise RegistryError(UNSUPPORTED_GRANT, f"unsupported grant_type {grant_type!r}")
+    except AuthenticationFailed as error:
+        raise _denied(error) from None
+    issued = tokens.access_token(service, principal, parse_scopes(form.get("scope", [])))
+    document: dict[str, object] = {
+        "access_token": issued.token,
+        "expires_in": issued.expires_in,
+        "issued_at": _issued_at(),
+        "scope": " ".join(str(s) for s in issued.scopes),
+    }
+    if _first(form, "access_type") == "offline":
+        document["refresh_token"] = tokens.refresh_token(service, principal)
+    return json_response(document)
+
+
+async def exchange(request: Request, ctx: Context) -> Response:
+    """Entra ID access token -> registry refresh token (what `az acr login` does)."""
+    tokens = _service(ctx)
+    service = service_name(request, ctx.settings)
+    form = await _form(request)
+    grant_type = _first(form, "grant_type")
+    if grant_type not in ("access_token", "access_token_refresh_token"):
+        raise RegistryError(UNSUPPORTED_GRANT, f"unsupported grant_type {grant_type!r}")
+    access_token = _first(form, "access_token")
+    if not access_token:
+        raise _denied(AuthenticationFailed("access_token is required"))
+    try:
+        principal = await tokens.from_entra_token(access_token)
+    except AuthenticationFailed as error:
+        raise _denied(error) from None
+    return json_response({"refresh_token": tokens.refresh_token(service, principal)})
