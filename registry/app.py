@@ -69,7 +69,7 @@ class BerthApplication:
                     if self._issuer is not None:
                         tokens = TokenService(self.settings, self._issuer, access, entra_validator(self.settings))
                     self._clients = clients
-                    self._context = Context(store, self.settings, tokens)
+                    self._context = Context(store, self.settings, access, tokens)
         return self._context
 
     async def handle(self, request: Request) -> Response:

@@ -70,7 +70,8 @@ class Azurite:
         else:
             self.location.mkdir(parents=True, exist_ok=True)
             args += ["--location", str(self.location)]
-        self.process = subprocess.Popen(args, start_new_session=True, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(args, start_new_session=True, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -60,7 +60,7 @@ def start_server(azurite: Azurite, tmp: Path, **settings: str) -> Server:
         if process.poll() is not None:
             raise RuntimeError(f"berth exited early:\n{log.read_text()}")
         try:
-            if httpx.get(f"{url}/v2/", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/v2/", timeout=1).status_code in (200, 401):
                 return Server(url, f"127.0.0.1:{port}", process, log)
         except httpx.HTTPError:
             pass

@@ -20,6 +20,7 @@ from registry.oci.errors import (
     RegistryError,
 )
 from registry.settings import Settings
+from registry.storage.access_store import AccessStore
 from registry.storage.registry_store import RegistryStore
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -31,6 +32,7 @@ class Context:
 
     store: RegistryStore
     settings: Settings
+    access: AccessStore
     tokens: TokenService | None = None  # None when BERTH_AUTH=none
 
 

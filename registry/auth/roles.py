@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from registry.oci.errors import RegistryError
+from registry.oci.names import validate_name
 from registry.oci.scope import CATALOG, Scope
 
 # Built-in roles -> repository actions (ACR's data-plane roles; Owner also lists the catalog).
@@ -117,3 +119,41 @@ def _actions(role_names: Iterable[str]) -> frozenset[str]:
     for role in role_names:
         actions |= ROLE_ACTIONS.get(role, frozenset())
     return actions
+
+
+def _valid_pattern(pattern: str) -> bool:
+    if pattern == "*":
+        return True
+    try:
+        validate_name(pattern[:-2] if pattern.endswith("/*") else pattern)
+    except RegistryError:
+        return False
+    return True
+
+
+def parse_scope_map(arguments: Iterable[str]) -> dict[str, list[str]]:
+    """`REPO=content/read,content/write` arguments (REPO may be `*` or `prefix/*`) -> scope map."""
+    scope_map: dict[str, list[str]] = {}
+    for argument in arguments:
+        pattern, sep, actions = argument.partition("=")
+        names = [a.strip() for a in actions.split(",") if a.strip()]
+        if not sep or not _valid_pattern(pattern):
+            raise ValueError(f"{argument!r}: expected REPOSITORY=ACTION[,ACTION], REPOSITORY a name, prefix/* or *")
+        unknown = [a for a in names if a not in SCOPE_MAP_ACTIONS]
+        if unknown or not names:
+            raise ValueError(f"{argument!r}: actions must be among {', '.join(SCOPE_MAP_ACTIONS)}")
+        scope_map.setdefault(pattern, [])
+        scope_map[pattern] += [a for a in names if a not in scope_map[pattern]]
+    if not scope_map:
+        raise ValueError("a token needs at least one --scope")
+    return scope_map
+
+
+def parse_role_assignment(pattern: str, role_names: Iterable[str]) -> list[str]:
+    names = list(role_names)
+    if not _valid_pattern(pattern):
+        raise ValueError(f"{pattern!r} is not a repository name, prefix/* or *")
+    unknown = [r for r in names if r not in ROLE_ACTIONS]
+    if unknown or not names:
+        raise ValueError(f"roles must be among {', '.join(ROLE_ACTIONS)}")
+    return names
