@@ -18,6 +18,9 @@ from azure.storage.blob import BlobServiceClient
 
 from registry.azurite import PROJECT_ROOT, Azurite, free_port
 
+# Fixture modules shared across folders (auth servers, a private containerd).
+pytest_plugins = ["tests.auth.support", "tests.clients.containerd"]
+
 CONTAINER = "berth"
 TABLE_PREFIX = "berth"
 

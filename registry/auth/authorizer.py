@@ -6,7 +6,7 @@ from starlette.requests import Request
 
 from registry.auth import Access, Grant
 from registry.auth.tokens import ACCESS, InvalidToken, TokenIssuer
-from registry.oci.errors import UNAUTHORIZED, RegistryError
+from registry.oci.errors import DENIED, UNAUTHORIZED, RegistryError
 from registry.oci.scope import Scope
 from registry.settings import Settings
 
@@ -29,6 +29,12 @@ def service_name(request: Request, settings: Settings) -> str:
 
 def challenge(request: Request, settings: Settings, needed: list[Access], error: str | None,
               message: str = "authentication required") -> RegistryError:
+    """401 (or 403 for a valid token without the scope, as RFC 6750 says) with the Bearer challenge.
+
+    The 403 still carries the challenge, so clients that fetch a token per scope (oras-py,
+    go-containerregistry) retry with a new one; docker, containerd and containers/image ask
+    for the push scope up front and never meet it.
+    """
     parts = [f'realm="{base_url(request, settings)}/oauth2/token"', f'service="{service_name(request, settings)}"']
     scopes = " ".join(f"{a.type}:{a.name}:{','.join(a.actions)}" for a in needed)
     if scopes:
@@ -36,8 +42,8 @@ def challenge(request: Request, settings: Settings, needed: list[Access], error:
     if error:
         parts.append(f'error="{error}"')
     detail = [{"Type": a.type, "Name": a.name, "Action": action} for a in needed for action in a.actions]
-    return RegistryError(UNAUTHORIZED, message, detail or None,
-                         headers={"WWW-Authenticate": "Bearer " + ",".join(parts)})
+    code = DENIED if error == "insufficient_scope" else UNAUTHORIZED
+    return RegistryError(code, message, detail or None, headers={"WWW-Authenticate": "Bearer " + ",".join(parts)})
 
 
 class TokenAuthorizer:

@@ -9,7 +9,8 @@ import httpx
 import jwt
 
 from registry.azurite import Azurite
-from tests.auth.conftest import (
+from tests.auth.fake_entra import FakeEntra
+from tests.auth.support import (
     ADMIN_PASSWORD,
     ADMIN_USER,
     NULL_USER,
@@ -18,7 +19,6 @@ from tests.auth.conftest import (
     cli,
     create_scoped_token,
 )
-from tests.auth.fake_entra import FakeEntra
 from tests.conftest import Server
 from tests.helpers import error_codes, push_image
 
@@ -49,8 +49,10 @@ def test_admin_token_grants_what_was_asked(auth_server: Server, repo: str) -> No
         assert client.get(f"/v2/{repo}/manifests/v1").headers["Docker-Content-Digest"] == digest
         # The token names this repository only.
         other = client.get(f"/v2/{repo}-other/manifests/v1")
-        assert other.status_code == 401
+        assert other.status_code == 403
+        assert error_codes(other) == ["DENIED"]
         assert 'error="insufficient_scope"' in other.headers["WWW-Authenticate"]
+        assert f'scope="repository:{repo}-other:pull"' in other.headers["WWW-Authenticate"]
 
 
 def test_wrong_password_and_tampered_tokens(auth_server: Server, repo: str) -> None:
@@ -73,7 +75,7 @@ def test_wrong_password_and_tampered_tokens(auth_server: Server, repo: str) -> N
 def test_anonymous_token_carries_nothing(auth_server: Server, repo: str) -> None:
     token = access_token(auth_server, None, None, f"repository:{repo}:pull")
     assert jwt.decode(token, options={"verify_signature": False})["access"] == []
-    assert httpx.get(f"{auth_server.url}/v2/{repo}/tags/list", headers=bearer(token)).status_code == 401
+    assert httpx.get(f"{auth_server.url}/v2/{repo}/tags/list", headers=bearer(token)).status_code == 403
 
 
 def test_oauth_post_password_and_refresh_grants(auth_server: Server, repo: str) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures for auth: a fake Entra signing side, Berth with BERTH_AUTH=token, token helpers."""
+"""Auth fixtures (loaded by tests/conftest.py) and helpers: fake Entra signing, Berth with BERTH_AUTH=token."""
 
 from __future__ import annotations
 

@@ -1,0 +1,109 @@
+"""Real clients log in the ways users do: admin user, scoped token, null GUID + refresh token."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import httpx
+import oras.client
+import pytest
+
+from registry.azurite import Azurite
+from tests.auth.fake_entra import FakeEntra
+from tests.auth.support import ADMIN_PASSWORD, ADMIN_USER, NULL_USER, create_scoped_token
+from tests.clients.layouts import image_layout, multiarch_layout
+from tests.conftest import Server, require_tool
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_skopeo_with_admin_scoped_token_and_refresh_token(auth_server: Server, azurite: Azurite,
+                                                          entra: FakeEntra, repo: str, tmp_path: Path) -> None:
+    skopeo = require_tool("skopeo")
+    pushed = image_layout(tmp_path / "src", "v1")
+    source = f"oci:{tmp_path / 'src'}:v1"
+    target = f"docker://{auth_server.host}/{repo}:v1"
+    # Without credentials: refused.
+    refused = run(skopeo, "copy", "--dest-tls-verify=false", source, target, check=False)
+    assert refused.returncode != 0
+    run(skopeo, "copy", "--dest-tls-verify=false", "--dest-creds", f"{ADMIN_USER}:{ADMIN_PASSWORD}", source, target)
+    # A CI token that may read this repository only.
+    name = f"ci-{uuid.uuid4().hex[:8]}"
+    password = create_scoped_token(azurite, name, f"{repo}=content/read")
+    raw = run(skopeo, "inspect", "--tls-verify=false", "--raw", "--creds", f"{name}:{password}", target).stdout
+    assert "sha256:" + hashlib.sha256(raw.encode()).hexdigest() == pushed
+    denied = run(skopeo, "copy", "--dest-tls-verify=false", "--dest-creds", f"{name}:{password}", source,
+                 f"docker://{auth_server.host}/{repo}:v2", check=False)
+    assert denied.returncode != 0
+    # A managed identity's way in: Entra token -> /oauth2/exchange -> refresh token as the password.
+    refresh = httpx.post(f"{auth_server.url}/oauth2/exchange",
+                         data={"grant_type": "access_token", "service": auth_server.host,
+                               "access_token": entra.token(["AcrPull"])}).json()["refresh_token"]
+    out = tmp_path / "pulled"
+    run(skopeo, "copy", "--src-tls-verify=false", "--src-creds", f"{NULL_USER}:{refresh}", target, f"oci:{out}:v1")
+    assert (out / "index.json").exists()
+
+
+def test_podman_login_push_pull(auth_server: Server, repo: str, tmp_path: Path) -> None:
+    podman = require_tool("podman")
+    runroot = tempfile.mkdtemp(prefix="berth-run-", dir="/tmp")
+    flags = ["--storage-driver", "vfs", "--root", str(tmp_path / "storage"), "--runroot", runroot]
+    authfile = str(tmp_path / "auth.json")
+    image_layout(tmp_path / "src", "v1")
+    target = f"{auth_server.host}/{repo}:v1"
+    bad = run(podman, *flags, "login", "--tls-verify=false", "--authfile", authfile, "-u", ADMIN_USER,
+              "-p", "wrong", auth_server.host, check=False)
+    assert bad.returncode != 0
+    run(podman, *flags, "login", "--tls-verify=false", "--authfile", authfile, "-u", ADMIN_USER,
+        "-p", ADMIN_PASSWORD, auth_server.host)
+    image_id = run(podman, *flags, "pull", f"oci:{tmp_path / 'src'}:v1").stdout.split()[-1]
+    run(podman, *flags, "push", "--tls-verify=false", "--authfile", authfile, image_id, f"docker://{target}")
+    run(podman, *flags, "rmi", "--all")
+    pulled = run(podman, *flags, "pull", "--tls-verify=false", "--authfile", authfile, target).stdout.split()[-1]
+    assert pulled == image_id
+    subprocess.run(["rm", "-rf", runroot], check=False)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_oras_with_scoped_token(auth_server: Server, azurite: Azurite, repo: str, workdir: Path) -> None:
+    name = f"oras-{uuid.uuid4().hex[:8]}"
+    password = create_scoped_token(azurite, name, f"{repo}=content/read,content/write")
+    client = oras.client.OrasClient(hostname=auth_server.host, insecure=True)
+    client.auth.set_basic_auth(name, password)  # what oras login does, minus writing docker config
+    (workdir / "artifact.txt").write_text("signed, sealed, delivered\n")
+    assert client.push(target=f"{auth_server.host}/{repo}:a1", files=["artifact.txt"]).status_code == 201
+    pulled = client.pull(target=f"{auth_server.host}/{repo}:a1", outdir=str(workdir / "out"))
+    assert Path(pulled[0]).read_text() == "signed, sealed, delivered\n"
+
+
+def test_ctr_with_credentials(containerd: list[str], auth_server: Server, repo: str,
+                              tmp_path: Path) -> None:
+    skopeo = require_tool("skopeo")
+    index_digest = multiarch_layout(tmp_path / "src", "multi")
+    source = f"{auth_server.host}/{repo}:multi"
+    run(skopeo, "copy", "--all", "--dest-tls-verify=false", "--dest-creds", f"{ADMIN_USER}:{ADMIN_PASSWORD}",
+        f"oci:{tmp_path / 'src'}:multi", f"docker://{source}")
+    user = ["--user", f"{ADMIN_USER}:{ADMIN_PASSWORD}"]
+    refused = subprocess.run([*containerd, "images", "pull", "--plain-http", source], capture_output=True)
+    assert refused.returncode != 0
+    run(*containerd, "images", "pull", "--plain-http", "--all-platforms", *user, source)
+    run(*containerd, "images", "push", "--plain-http", *user, f"{auth_server.host}/{repo}/pushed:multi", source)
+    token = httpx.get(f"{auth_server.url}/oauth2/token", params={"scope": f"repository:{repo}/pushed:pull"},
+                      auth=(ADMIN_USER, ADMIN_PASSWORD)).json()["token"]
+    pushed = httpx.get(f"{auth_server.url}/v2/{repo}/pushed/manifests/multi",
+                       headers={"Authorization": f"Bearer {token}"})
+    assert "sha256:" + hashlib.sha256(pushed.content).hexdigest() == index_digest
