@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import tempfile
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from registry.azurite import Azurite
 from tests.auth.fake_entra import FakeEntra
 from tests.auth.support import ADMIN_PASSWORD, ADMIN_USER, NULL_USER, create_scoped_token
-from tests.clients.layouts import image_layout, multiarch_layout
+from tests.clients.layouts import image_layout, multiarch_layout, read_blob
 from tests.conftest import Server, require_tool
 
 
@@ -107,3 +108,23 @@ def test_ctr_with_credentials(containerd: list[str], auth_server: Server, repo: 
     pushed = httpx.get(f"{auth_server.url}/v2/{repo}/pushed/manifests/multi",
                        headers={"Authorization": f"Bearer {token}"})
     assert "sha256:" + hashlib.sha256(pushed.content).hexdigest() == index_digest
+
+
+def test_docker_cli_login_and_manifest_inspect(auth_server: Server, repo: str, tmp_path: Path) -> None:
+    docker = require_tool("docker")
+    skopeo = require_tool("skopeo")
+    pushed = image_layout(tmp_path / "src", "v1")
+    run(skopeo, "copy", "--dest-tls-verify=false", "--dest-creds", f"{ADMIN_USER}:{ADMIN_PASSWORD}",
+        f"oci:{tmp_path / 'src'}:v1", f"docker://{auth_server.host}/{repo}:v1")
+    config = str(tmp_path / "docker-config")
+    bad = run(docker, "--config", config, "login", auth_server.host, "-u", ADMIN_USER, "-p", "wrong", check=False)
+    assert bad.returncode != 0
+    login = subprocess.run([docker, "--config", config, "login", auth_server.host, "-u", ADMIN_USER,
+                            "--password-stdin"], input=ADMIN_PASSWORD, capture_output=True, text=True, timeout=60)
+    assert login.returncode == 0, login.stderr
+    # docker keeps the refresh token (identitytoken) we issued, not the password.
+    saved = json.loads((tmp_path / "docker-config" / "config.json").read_text())["auths"][auth_server.host]
+    assert saved.get("identitytoken") and ADMIN_PASSWORD not in json.dumps(saved)
+    inspected = run(docker, "--config", config, "manifest", "inspect", "--insecure",
+                    f"{auth_server.host}/{repo}:v1").stdout
+    assert json.loads(inspected) == json.loads(read_blob(tmp_path / "src", pushed))
