@@ -19,6 +19,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 scripts/setup.sh requirements-dev.txt
+# checkov (infra scan) lives in its own venv so its pins stay out of the app's.
+if [ ! -x .venv-tools/bin/checkov ] || [ requirements-tools.txt -nt .venv-tools/.installed ]; then
+  "${PYTHON:-python3}" -m venv .venv-tools
+  .venv-tools/bin/pip install --quiet --disable-pip-version-check -r requirements-tools.txt
+  touch .venv-tools/.installed
+fi
 .venv/bin/ruff check --quiet .
 # pytest's own exit status is the result: 1 for failures, 5 when no test ran; both fail the run.
 exec .venv/bin/python -m pytest "$@"

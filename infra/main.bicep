@@ -1,0 +1,315 @@
+// Berth: a private OCI registry on Azure Functions (Flex Consumption) + Azure Storage.
+// Everything speaks Entra ID (no shared keys anywhere) and is reachable through private
+// endpoints in the registry's VNet. Deploy: see infra/README.md.
+
+targetScope = 'resourceGroup'
+
+@description('Name prefix; the function app is <name>-<suffix>, reachable as <that>.azurewebsites.net.')
+@minLength(3)
+@maxLength(16)
+param name string = 'berth'
+
+param location string = resourceGroup().location
+
+@description('Storage replication for the registry\'s data.')
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+])
+param storageSku string = 'Standard_ZRS'
+
+param vnetAddressPrefix string = '10.40.0.0/16'
+param integrationSubnetPrefix string = '10.40.1.0/24'
+param privateEndpointSubnetPrefix string = '10.40.2.0/24'
+
+@description('Resource id of a VNet whose clients pull from the registry (its private DNS zones get linked); empty for none.')
+param clientVnetId string = ''
+
+@description('Disabled: the app is reachable only through its private endpoint. Enabled only for a public registry.')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Disabled'
+
+@description('App ID URI (and/or client id) of the registry\'s Entra app registration (BERTH_ENTRA_AUDIENCE).')
+param entraAudience string
+
+@description('How blob GETs are answered: redirect (307 to a short-lived SAS via storage\'s private endpoint) or proxy.')
+@allowed([
+  'redirect'
+  'proxy'
+])
+param blobDelivery string = 'redirect'
+
+@description('Let anyone who reaches the registry pull without credentials.')
+param anonymousPull bool = false
+
+@description('Existing Key Vault (same resource group) holding the token-signing key; recommended.')
+param keyVaultName string = ''
+
+@description('Secret in that Key Vault: base64 of at least 32 random bytes.')
+param signingKeySecretName string = 'berth-token-signing-key'
+
+@description('Used only without a Key Vault: base64 of at least 32 random bytes.')
+@secure()
+param tokenSigningKey string = ''
+
+@description('Largest request body the platform accepts, in bytes (a layer pushed in one request).')
+param requestBodySizeLimit int = 2000000000
+
+param maximumInstanceCount int = 40
+
+@allowed([
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Zone-redundant Flex Consumption plan (only in regions that offer it).')
+param zoneRedundant bool = false
+
+param pythonVersion string = '3.11'
+param logRetentionDays int = 30
+param softDeleteDays int = 7
+param tags object = {
+  application: 'berth'
+}
+
+var suffix = uniqueString(resourceGroup().id, name)
+var appName = '${name}-${suffix}'
+var storageName = toLower(take('${replace(name, '-', '')}${suffix}', 24))
+var registryContainer = 'berth'
+var deploymentContainer = 'app-package'
+var tablePrefix = 'berth'
+var storageSuffix = environment().suffixes.storage
+
+var roles = {
+  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
+  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
+}
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: '${appName}-identity'
+  location: location
+  tags: tags
+}
+
+module network 'modules/network.bicep' = {
+  name: 'network'
+  params: {
+    location: location
+    name: appName
+    addressPrefix: vnetAddressPrefix
+    integrationSubnetPrefix: integrationSubnetPrefix
+    privateEndpointSubnetPrefix: privateEndpointSubnetPrefix
+    tags: tags
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  params: {
+    location: location
+    name: storageName
+    skuName: storageSku
+    registryContainer: registryContainer
+    deploymentContainer: deploymentContainer
+    tablePrefix: tablePrefix
+    softDeleteDays: softDeleteDays
+    tags: tags
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    location: location
+    name: appName
+    retentionDays: logRetentionDays
+    tags: tags
+  }
+}
+
+resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageName
+}
+
+resource blobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount.id, identity.id, roles.storageBlobDataOwner)
+  scope: storageAccount
+  properties: {
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
+  }
+  dependsOn: [
+    storage
+  ]
+}
+
+resource tableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount.id, identity.id, roles.storageTableDataContributor)
+  scope: storageAccount
+  properties: {
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
+  }
+  dependsOn: [
+    storage
+  ]
+}
+
+resource queueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount.id, identity.id, roles.storageQueueDataContributor)
+  scope: storageAccount
+  properties: {
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+  }
+  dependsOn: [
+    storage
+  ]
+}
+
+resource insights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: '${appName}-insights'
+}
+
+resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(insights.id, identity.id, roles.monitoringMetricsPublisher)
+  scope: insights
+  properties: {
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+  }
+  dependsOn: [
+    monitoring
+  ]
+}
+
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = if (!empty(keyVaultName)) {
+  name: empty(keyVaultName) ? 'unused' : keyVaultName
+}
+
+resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(keyVaultName)) {
+  name: guid(resourceGroup().id, keyVaultName, identity.id, roles.keyVaultSecretsUser)
+  scope: keyVault
+  properties: {
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+  }
+}
+
+var signingKeySetting = empty(keyVaultName) ? tokenSigningKey : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${signingKeySecretName})'
+
+module functionApp 'modules/functionapp.bicep' = {
+  name: 'functionapp'
+  params: {
+    location: location
+    name: appName
+    identityId: identity.id
+    identityClientId: identity.properties.clientId
+    storageAccountName: storageName
+    storageBlobEndpoint: storage.outputs.blobEndpoint
+    deploymentContainer: deploymentContainer
+    integrationSubnetId: network.outputs.integrationSubnetId
+    appInsightsConnectionString: monitoring.outputs.connectionString
+    publicNetworkAccess: publicNetworkAccess
+    pythonVersion: pythonVersion
+    zoneRedundant: zoneRedundant
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    requestBodySizeLimit: requestBodySizeLimit
+    registrySettings: {
+      BERTH_STORAGE_ACCOUNT: storageName
+      BERTH_STORAGE_SUFFIX: storageSuffix
+      BERTH_MANAGED_IDENTITY_CLIENT_ID: identity.properties.clientId
+      BERTH_BLOB_CONTAINER: registryContainer
+      BERTH_TABLE_PREFIX: tablePrefix
+      BERTH_BLOB_DELIVERY: blobDelivery
+      BERTH_AUTH: 'token'
+      BERTH_TOKEN_SIGNING_KEY: signingKeySetting
+      BERTH_PUBLIC_URL: 'https://${appName}.azurewebsites.net'
+      BERTH_ENTRA_TENANT_ID: tenant().tenantId
+      BERTH_ENTRA_AUDIENCE: entraAudience
+      BERTH_ANONYMOUS_PULL: string(anonymousPull)
+    }
+    tags: tags
+  }
+  dependsOn: [
+    blobDataOwner
+    tableDataContributor
+    queueDataContributor
+  ]
+}
+
+module storageZones 'modules/private-dns.bicep' = [for service in [
+  'blob'
+  'table'
+  'queue'
+]: {
+  name: 'dns-${service}'
+  params: {
+    zoneName: 'privatelink.${service}.${storageSuffix}'
+    vnetId: network.outputs.vnetId
+    clientVnetId: clientVnetId
+    tags: tags
+  }
+}]
+
+module appZone 'modules/private-dns.bicep' = {
+  name: 'dns-sites'
+  params: {
+    zoneName: 'privatelink.azurewebsites.net'
+    vnetId: network.outputs.vnetId
+    clientVnetId: clientVnetId
+    tags: tags
+  }
+}
+
+module storageEndpoints 'modules/private-endpoint.bicep' = [for (service, i) in [
+  'blob'
+  'table'
+  'queue'
+]: {
+  name: 'pe-${service}'
+  params: {
+    location: location
+    name: '${storageName}-${service}-pe'
+    subnetId: network.outputs.privateEndpointSubnetId
+    targetId: storage.outputs.id
+    groupId: service
+    dnsZoneId: storageZones[i].outputs.zoneId
+    tags: tags
+  }
+}]
+
+module appEndpoint 'modules/private-endpoint.bicep' = {
+  name: 'pe-sites'
+  params: {
+    location: location
+    name: '${appName}-sites-pe'
+    subnetId: network.outputs.privateEndpointSubnetId
+    targetId: functionApp.outputs.id
+    groupId: 'sites'
+    dnsZoneId: appZone.outputs.zoneId
+    tags: tags
+  }
+}
+
+@description('The registry\'s login server: docker login <this>.')
+output loginServer string = functionApp.outputs.defaultHostName
+output functionAppName string = functionApp.outputs.name
+output storageAccountName string = storageName
+output identityClientId string = identity.properties.clientId
+output deploymentContainer string = deploymentContainer

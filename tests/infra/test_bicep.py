@@ -1,0 +1,188 @@
+"""infra/: every template parses, and the security properties we promise are in them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pycep import BicepParser
+
+from registry.azurite import PROJECT_ROOT
+
+INFRA = PROJECT_ROOT / "infra"
+TEMPLATES = sorted(INFRA.rglob("*.bicep"))
+
+
+@pytest.fixture(scope="module")
+def parsed() -> dict[str, Any]:
+    parser = BicepParser()
+    return {path.relative_to(INFRA).as_posix(): parser.parse(file_path=path) for path in TEMPLATES}
+
+
+def resources(parsed: dict[str, Any], type_: str) -> list[dict[str, Any]]:
+    """The config of every resource of a type, in every template (loops and conditions unwrapped)."""
+    found = []
+    for template in parsed.values():
+        for resource in template.get("resources", {}).values():
+            if resource["type"] == type_ and not resource["existing"]:
+                config = resource["config"]
+                while "loop_type" in config or "condition" in config:
+                    config = config["config"]
+                found.append(config)
+    return found
+
+
+def one(parsed: dict[str, Any], type_: str) -> dict[str, Any]:
+    found = resources(parsed, type_)
+    assert len(found) == 1, type_
+    return found[0]
+
+
+def test_every_template_parses(parsed: dict[str, Any]) -> None:
+    assert {"main.bicep", "modules/storage.bicep", "modules/functionapp.bicep"} <= set(parsed)
+    assert len(parsed) == len(TEMPLATES)
+
+
+def test_storage_is_entra_only_and_private(parsed: dict[str, Any]) -> None:
+    properties = one(parsed, "Microsoft.Storage/storageAccounts")["properties"]
+    assert properties["allowSharedKeyAccess"] is False
+    assert properties["publicNetworkAccess"] == "Disabled"
+    assert properties["minimumTlsVersion"] == "TLS1_2"
+    assert properties["supportsHttpsTrafficOnly"] is True
+    assert properties["allowBlobPublicAccess"] is False
+    assert properties["networkAcls"]["defaultAction"] == "Deny"
+    containers = resources(parsed, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    assert all(c["properties"]["publicAccess"] == "None" for c in containers) and len(containers) == 2
+    main = parsed["main.bicep"]
+    assert main["parameters"]["storageSku"]["default"] == "Standard_ZRS"
+    assert main["variables"]["tablePrefix"]["value"] == "berth"
+
+
+def test_no_keys_or_connection_strings_anywhere() -> None:
+    for path in TEMPLATES:
+        text = path.read_text()
+        for forbidden in ("listKeys", "AccountKey", "connectionString(", "AzureWebJobsStorage'"):
+            assert forbidden not in text, f"{forbidden} in {path.name}"
+
+
+def test_function_app_settings_and_hardening(parsed: dict[str, Any]) -> None:
+    app = one(parsed, "Microsoft.Web/sites")
+    assert app["kind"] == "functionapp,linux"
+    assert app["identity"]["type"] == "UserAssigned"
+    properties = app["properties"]
+    assert properties["httpsOnly"] is True
+    site = properties["siteConfig"]
+    assert site["minTlsVersion"] == "1.2" and site["scmMinTlsVersion"] == "1.2"
+    assert site["ftpsState"] == "Disabled"
+    assert properties["functionAppConfig"]["runtime"]["name"] == "python"
+    assert properties["functionAppConfig"]["deployment"]["storage"]["authentication"]["type"] == (
+        "UserAssignedIdentity"
+    )
+    plan = one(parsed, "Microsoft.Web/serverfarms")
+    assert plan["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
+    settings = parsed["modules/functionapp.bicep"]["variables"]["platformSettings"]["value"]
+    assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert "AzureWebJobsStorage__accountName" in settings and "AzureWebJobsStorage" not in settings
+    assert settings["PYTHON_ENABLE_INIT_INDEXING"] == "1"
+    assert "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT" in settings
+    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"].endswith("Authorization=AAD")
+    policies = resources(parsed, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
+    assert len(policies) == 2 and all(p["properties"]["allow"] is False for p in policies)
+    main = parsed["main.bicep"]
+    assert main["parameters"]["publicNetworkAccess"]["default"] == "Disabled"
+    assert main["parameters"]["pythonVersion"]["default"] >= "3.11"
+    registry = main["modules"]["functionApp"]["config"]["params"]["registrySettings"]
+    assert registry["BERTH_AUTH"] == "token"
+    assert {"BERTH_STORAGE_ACCOUNT", "BERTH_MANAGED_IDENTITY_CLIENT_ID", "BERTH_TOKEN_SIGNING_KEY",
+            "BERTH_ENTRA_TENANT_ID", "BERTH_ENTRA_AUDIENCE", "BERTH_BLOB_DELIVERY"} <= set(registry)
+
+
+def test_private_endpoints_and_dns_for_every_service(parsed: dict[str, Any]) -> None:
+    main = parsed["main.bicep"]["modules"]
+    storage_loop = main["storageEndpoints"]["config"]["loop_type"]["detail"]["array_name"]
+    assert storage_loop == ["blob", "table", "queue"]
+    zone_loop = main["storageZones"]["config"]
+    assert zone_loop["loop_type"]["detail"]["array_name"] == storage_loop
+    assert zone_loop["config"]["params"]["zoneName"] == "privatelink.${service}.${storageSuffix}"
+    assert main["appEndpoint"]["config"]["params"]["groupId"] == "sites"
+    assert main["appZone"]["config"]["params"]["zoneName"] == "privatelink.azurewebsites.net"
+    endpoint = one(parsed, "Microsoft.Network/privateEndpoints")
+    assert endpoint["properties"]["privateLinkServiceConnections"][0]["properties"]["groupIds"] == ["groupId"]
+    assert one(parsed, "Microsoft.Network/privateEndpoints/privateDnsZoneGroups")
+    links = resources(parsed, "Microsoft.Network/privateDnsZones/virtualNetworkLinks")
+    assert len(links) == 2 and all(link["properties"]["registrationEnabled"] is False for link in links)
+
+
+def test_integration_subnet_is_delegated(parsed: dict[str, Any]) -> None:
+    vnet = one(parsed, "Microsoft.Network/virtualNetworks")
+    subnets = {s["name"]: s["properties"] for s in vnet["properties"]["subnets"]}
+    assert subnets["integration"]["delegations"][0]["properties"]["serviceName"] == "Microsoft.App/environments"
+    assert "private-endpoints" in subnets
+
+
+def test_identity_holds_exactly_the_data_roles_it_needs(parsed: dict[str, Any]) -> None:
+    role_ids = parsed["main.bicep"]["variables"]["roles"]["value"]
+    assert role_ids == {
+        "storageBlobDataOwner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+        "storageTableDataContributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+        "storageQueueDataContributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+        "monitoringMetricsPublisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+        "keyVaultSecretsUser": "4633458b-17de-408a-b874-0445c86b69e6",
+    }
+    assignments = resources(parsed, "Microsoft.Authorization/roleAssignments")
+    used = {json.dumps(a["properties"]["roleDefinitionId"]) for a in assignments}
+    for name in role_ids:
+        assert any(name in text for text in used), name
+    assert all(a["properties"]["principalType"] == "ServicePrincipal" for a in assignments)
+
+
+def test_telemetry_needs_entra(parsed: dict[str, Any]) -> None:
+    assert one(parsed, "Microsoft.Insights/components")["properties"]["DisableLocalAuth"] is True
+
+
+def checkov_binary() -> str:
+    local = PROJECT_ROOT / ".venv-tools" / "bin" / "checkov"
+    if local.exists():
+        return str(local)
+    found = shutil.which("checkov")
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail("checkov is not installed; scripts/test.sh installs it into .venv-tools")
+    pytest.skip("checkov is not installed (scripts/test.sh installs it)")
+
+
+def test_checkov_finds_nothing_unjustified(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [checkov_binary(), "-d", str(INFRA), "--framework", "bicep", "--output", "json", "--skip-download"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    report = json.loads(result.stdout)
+    summary = report["summary"]
+    failed = [(c["check_id"], c["resource"]) for c in report.get("results", {}).get("failed_checks", [])]
+    assert summary["failed"] == 0, failed
+    assert summary["parsing_errors"] == 0
+    assert summary["passed"] > 20
+    skipped = report["results"]["skipped_checks"]
+    assert len(skipped) == summary["skipped"]
+    for check in skipped:
+        assert len(check["check_result"].get("suppress_comment", "").strip()) > 20, check["check_id"]  # says why
+
+
+def test_deployment_zip_holds_the_app_and_nothing_else(tmp_path: Path) -> None:
+    import zipfile
+
+    out = tmp_path / "berth.zip"
+    subprocess.run(["bash", str(PROJECT_ROOT / "scripts" / "package.sh"), str(out)], cwd=PROJECT_ROOT,
+                   check=True, capture_output=True)
+    names = zipfile.ZipFile(out).namelist()
+    assert {"function_app.py", "host.json", "requirements.txt", "registry/app.py"} <= set(names)
+    assert all(n.split("/")[0] in {"function_app.py", "host.json", "requirements.txt", "registry"} for n in names)
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    funcignore = (PROJECT_ROOT / ".funcignore").read_text().split()
+    assert {"tests/", ".venv/", "node_modules/", "infra/"} <= set(funcignore)
