@@ -115,10 +115,31 @@ class ContentStore:
             raise ConcurrentAppend(str(error)) from error
         return result["etag"], total
 
-    async def read(self, name: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        downloader = await self._container.get_blob_client(name).download_blob(offset=offset, length=length)
+    async def read(self, name: str, offset: int = 0, length: int | None = None,
+                   etag: str | None = None) -> AsyncIterator[bytes]:
+        """The blob's bytes; with `etag`, only if it is still that version (else ConcurrentAppend)."""
+        conditions: dict[str, Any] = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        try:
+            downloader = await self._container.get_blob_client(name).download_blob(
+                offset=offset, length=length, **conditions
+            )
+        except ResourceModifiedError as error:
+            raise ConcurrentAppend(str(error)) from error
         async for chunk in downloader.chunks():
             yield chunk
+
+    async def seal(self, name: str, etag: str | None) -> None:
+        """Mark a finished upload's blob; conditional on `etag`, and it changes the etag."""
+        blob = self._container.get_blob_client(name)
+        try:
+            if etag is None:  # nothing was ever appended: the blob is the empty one
+                await blob.commit_block_list([], metadata={"berth": "sealed"},
+                                             match_condition=MatchConditions.IfMissing)
+            else:
+                await blob.set_blob_metadata({"berth": "sealed"}, etag=etag,
+                                             match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError) as error:
+            raise ConcurrentAppend(str(error)) from error
 
     async def read_all(self, name: str) -> bytes:
         downloader = await self._container.get_blob_client(name).download_blob()

@@ -54,8 +54,8 @@ from registry.storage.metadata import (
 # Table properties hold at most 64 KiB; manifests up to this size live in the row itself,
 # so a pull by tag or digest is a single point read.
 INLINE_MANIFEST_LIMIT = 60 * 1024
-# Hash state of uploads in progress on this instance; a miss only costs a re-read.
-HASHER_CACHE_SIZE = 512
+# Uploads in progress remembered per instance; a miss only costs a read (and a re-hash).
+LOCAL_UPLOADS = 512
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ class UploadSession:
     blob_etag: str | None
     row_etag: str
     expires: datetime
+    owner: str
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ class RegistryStore:
             clients.blob_service, settings.blob_container, settings.block_size, settings.blocks_in_flight
         )
         self.metadata = MetadataStore(clients.table_service, settings.table_prefix)
-        self._hashers: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        # Uploads this instance is serving: the session as last written, and its hash state.
+        self._uploads: OrderedDict[str, tuple[UploadSession, Any]] = OrderedDict()
         self._known_repositories: set[str] = set()
 
     async def initialize(self) -> None:
@@ -158,12 +160,21 @@ class RegistryStore:
             "expires": expires,
         }
         result = await self.metadata.repos.create_entity(entity)
-        self._hashers[upload_id] = (0, hashlib.sha256())
-        self._trim_hashers()
-        return UploadSession(repository, upload_id, 0, entity["location"], None, result["etag"], expires)
+        session = UploadSession(repository, upload_id, 0, entity["location"], None, result["etag"], expires, owner)
+        self._remember(session, hashlib.sha256())
+        return session
 
     async def get_upload(self, repository: str, upload_id: str, owner: str) -> UploadSession:
-        """The session, if it is `owner`'s; another caller cannot even learn that it exists."""
+        """The session, if it is `owner`'s; another caller cannot even learn that it exists.
+
+        The copy this instance last wrote is used without a read: every write that follows is
+        conditional (blob etag, row etag), so a stale copy fails safely instead of doing harm.
+        """
+        local = self._uploads.get(upload_id)
+        if local is not None:
+            session = local[0]
+            if session.repository == repository and session.owner == owner and session.expires > _now():
+                return session
         row = await self.metadata.get(self.metadata.repos, repository_key(repository), UPLOAD + upload_id)
         if row is None or row["expires"] < _now() or row.get("owner") != owner:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown, finished, cancelled or expired")
@@ -175,24 +186,25 @@ class RegistryStore:
             row["blobEtag"] or None,
             row.metadata["etag"],
             row["expires"],
+            owner,
         )
 
     async def append_upload(
         self, session: UploadSession, chunks: AsyncIterator[bytes], expected_length: int | None = None
     ) -> UploadSession:
         """Append a stream to the upload; all of it lands or none of it does."""
-        cached = self._hashers.get(session.id)
-        if cached is not None and cached[0] == session.offset:
-            hasher = cached[1].copy()  # a copy, so a failed append leaves the state as it was
+        local = self._uploads.get(session.id)
+        if local is not None and local[0].offset == session.offset and local[1] is not None:
+            hasher = local[1].copy()  # a copy, so a failed append leaves the state as it was
         else:
             hasher = hashlib.sha256() if session.offset == 0 else None
-        counted = _HashingStream(chunks, hasher)
         try:
             blob_etag, appended = await self.content.append(
-                session.location, counted, session.blob_etag, expected_length=expected_length
+                session.location, _HashingStream(chunks, hasher), session.blob_etag, expected_length=expected_length
             )
         except ConcurrentAppend:
-            raise RegistryError(RANGE_INVALID, "another request appended to this upload first") from None
+            self._uploads.pop(session.id, None)
+            raise RegistryError(RANGE_INVALID, "another request changed this upload first") from None
         except LengthMismatch as error:
             raise RegistryError(SIZE_INVALID, f"chunk length mismatch: {error}") from None
         updated = replace(session, offset=session.offset + appended, blob_etag=blob_etag)
@@ -210,23 +222,33 @@ class RegistryStore:
                 )
             except (ResourceModifiedError, HttpResponseError) as error:
                 if isinstance(error, ResourceModifiedError) or error.status_code in (404, 412):
+                    self._uploads.pop(session.id, None)
                     raise RegistryError(RANGE_INVALID, "the upload changed while this chunk arrived") from None
                 raise
             updated = replace(updated, row_etag=result["etag"])
-        if hasher is not None:
-            self._hashers[session.id] = (updated.offset, hasher)
-            self._trim_hashers()
+        self._remember(updated, hasher)
         return updated
 
     async def finish_upload(self, session: UploadSession, digest: Digest) -> BlobInfo:
         """Verify the content against the client's digest and make it a blob of the repository."""
-        actual = await self._upload_digest(session, digest.algorithm)
-        if actual != digest:
-            raise RegistryError(
-                DIGEST_INVALID,
-                f"uploaded content has digest {actual}, not {digest}",
-                {"expected": str(digest), "actual": str(actual)},
-            )
+        for attempt in range(2):
+            actual = await self._upload_digest(session, digest.algorithm)
+            if actual != digest:
+                raise RegistryError(
+                    DIGEST_INVALID,
+                    f"uploaded content has digest {actual}, not {digest}",
+                    {"expected": str(digest), "actual": str(actual)},
+                )
+            try:
+                # Sealing changes the blob's etag, so no append that is still in flight can
+                # alter the bytes we just verified.
+                await self.content.seal(session.location, session.blob_etag)
+                break
+            except ConcurrentAppend:
+                self._uploads.pop(session.id, None)
+                if attempt:
+                    raise RegistryError(RANGE_INVALID, "the upload changed while it was being finished") from None
+                session = await self.get_upload(session.repository, session.id, session.owner)
         blob = BlobInfo(digest, session.offset, session.location)
         index_entity = {
             "PartitionKey": str(digest),
@@ -235,39 +257,52 @@ class RegistryStore:
             "location": blob.location,
             "created": _now(),
         }
-        try:
-            await self.metadata.digests.create_entity(index_entity)
-        except ResourceExistsError:
-            # Same bytes already stored: point at those and drop this copy.
+        link_and_close = [
+            ("upsert", self._link_entity(session.repository, blob)),
+            ("delete", {"PartitionKey": repository_key(session.repository), "RowKey": UPLOAD + session.id}),
+        ]
+        indexed, _ = await asyncio.gather(
+            self._create_index(index_entity), self.metadata.transact(self.metadata.repos, link_and_close)
+        )
+        if not indexed:
+            # Same bytes were already stored: link those, then drop this copy.
             existing = await self.metadata.get(self.metadata.digests, str(digest), "")
             if existing is not None and existing["location"] != blob.location:
                 blob = BlobInfo(digest, read_int(existing, "size"), existing["location"])
+                await self._link(session.repository, blob)
                 await self.content.delete(session.location)
-        await self.metadata.transact(
-            self.metadata.repos,
-            [
-                ("upsert", self._link_entity(session.repository, blob)),
-                ("delete", {"PartitionKey": repository_key(session.repository), "RowKey": UPLOAD + session.id}),
-            ],
-        )
-        self._hashers.pop(session.id, None)
+        self._uploads.pop(session.id, None)
         return blob
 
+    async def _create_index(self, entity: dict[str, Any]) -> bool:
+        try:
+            await self.metadata.digests.create_entity(entity)
+        except ResourceExistsError:
+            return False
+        return True
+
     async def _upload_digest(self, session: UploadSession, algorithm: str) -> Digest:
-        cached = self._hashers.get(session.id)
-        if algorithm == "sha256" and cached is not None and cached[0] == session.offset:
-            return Digest(algorithm, cached[1].hexdigest())
+        local = self._uploads.get(session.id)
+        if (algorithm == "sha256" and local is not None and local[1] is not None
+                and local[0].offset == session.offset and local[0].blob_etag == session.blob_etag):
+            return Digest(algorithm, local[1].hexdigest())
         # The hash state lives on another instance (or was evicted): hash what was stored.
         hasher = hashlib.new(algorithm)
         if session.blob_etag is not None:
-            async for chunk in self.content.read(session.location):
+            async for chunk in self.content.read(session.location, etag=session.blob_etag):
                 hasher.update(chunk)
         return Digest(algorithm, hasher.hexdigest())
 
     async def cancel_upload(self, session: UploadSession) -> None:
+        self._uploads.pop(session.id, None)
         await self.content.delete(session.location)
         await self.metadata.repos.delete_entity(repository_key(session.repository), UPLOAD + session.id)
-        self._hashers.pop(session.id, None)
+
+    def _remember(self, session: UploadSession, hasher: Any) -> None:
+        self._uploads[session.id] = (session, hasher)
+        self._uploads.move_to_end(session.id)
+        while len(self._uploads) > LOCAL_UPLOADS:
+            self._uploads.popitem(last=False)
 
     async def purge_expired_uploads(self, now: datetime | None = None) -> int:
         """Delete upload sessions past their expiry, with their bytes; returns how many.
@@ -285,9 +320,6 @@ class RegistryStore:
             purged += 1
         return purged
 
-    def _trim_hashers(self) -> None:
-        while len(self._hashers) > HASHER_CACHE_SIZE:
-            self._hashers.popitem(last=False)
 
     # --- manifests ---------------------------------------------------------------------
 

@@ -227,8 +227,8 @@ def test_interrupted_upload_is_resumable_and_harms_nothing(
     assert client.get(f"/v2/{repo}/manifests/v1").headers["Docker-Content-Digest"] == image_digest
 
 
-def test_expired_uploads_are_purged_with_their_bytes(client: httpx.Client, repo: str, storage: StorageView,
-                                                    azurite) -> None:
+def test_expired_uploads_are_purged_with_their_bytes(client: httpx.Client, proxy_client: httpx.Client, repo: str,
+                                                    storage: StorageView, azurite) -> None:
     import asyncio
     from datetime import datetime, timedelta
 
@@ -255,7 +255,8 @@ def test_expired_uploads_are_purged_with_their_bytes(client: httpx.Client, repo:
     assert asyncio.run(purge(datetime.now(UTC) + timedelta(days=2))) >= 1
     assert f"data/{upload_id}" not in storage.blob_names("data/")
     assert f"u:{upload_id}" not in storage.repository_rows(repo)
-    assert error_codes(client.get(location)) == ["BLOB_UPLOAD_UNKNOWN"]
+    # Another instance (the proxy server shares the storage) no longer knows the upload.
+    assert error_codes(proxy_client.get(location)) == ["BLOB_UPLOAD_UNKNOWN"]
 
 
 def test_concurrent_chunks_at_the_same_offset_cannot_both_land(server: Server, repo: str) -> None:
@@ -278,3 +279,17 @@ def test_concurrent_chunks_at_the_same_offset_cannot_both_land(server: Server, r
         assert http.get(location).headers["Range"] == f"0-{len(chunks[winner]) - 1}"
         done = http.put(location, params={"digest": sha256(chunks[winner])})
         assert done.status_code == 201, done.text
+
+
+def test_finished_upload_cannot_be_appended_to_through_another_instance(
+    client: httpx.Client, proxy_client: httpx.Client, repo: str
+) -> None:
+    """Instance A remembers an upload; instance B finishes it; A must not append to the sealed blob."""
+    data = os.urandom(3000)
+    location = start(client, repo)
+    assert client.patch(location, content=data).status_code == 202
+    finished = proxy_client.put(location, params={"digest": sha256(data)})
+    assert finished.status_code == 201
+    late = client.patch(location, content=b"appended after the end")
+    assert late.status_code in (404, 416)
+    assert client.get(f"/v2/{repo}/blobs/{sha256(data)}", follow_redirects=True).content == data

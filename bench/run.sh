@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the side-by-side benchmark (Berth redirect + proxy, the CNCF registry, the storage floor)
+# and writes bench/results/<date>.md and .json. Usage: bench/run.sh [--repetitions 3] [--quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools=(skopeo wrk docker-registry curl)
+missing=()
+for tool in "${tools[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "bench: install ${missing[*]} first (sudo apt-get install ${missing[*]})" >&2
+    exit 2
+  fi
+fi
+scripts/setup.sh requirements-dev.txt
+exec .venv/bin/python -m bench.run "$@"
