@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from registry.api.http import Context, declared_length, empty_response
-from registry.oci.digest import parse_digest
+from registry.oci.digest import Digest, parse_digest
 from registry.oci.errors import BLOB_UPLOAD_INVALID, DIGEST_INVALID, RANGE_INVALID, SIZE_INVALID, RegistryError
 from registry.oci.names import validate_name
 from registry.storage.registry_store import BlobInfo, UploadSession
@@ -55,7 +55,7 @@ async def start_upload(request: Request, ctx: Context, name: str) -> Response:
         return empty_response(202, upload_headers(session))
     # Monolithic upload: the whole blob is this request's body.
     try:
-        session = await ctx.store.append_upload(session, request.stream(), declared_length(request))
+        session = await ctx.store.append_upload(session, request.stream(), declared_length(request), digest)
         blob = await ctx.store.finish_upload(session, digest)
     except BaseException:
         await ctx.store.cancel_upload(session)
@@ -68,7 +68,8 @@ async def upload_status(request: Request, ctx: Context, name: str, upload_id: st
     return empty_response(204, upload_headers(session))
 
 
-async def _append_body(request: Request, ctx: Context, session: UploadSession) -> UploadSession:
+async def _append_body(request: Request, ctx: Context, session: UploadSession,
+                       finishing: Digest | None = None) -> UploadSession:
     """Append this request's body after checking Content-Range against the upload's offset."""
     expected = declared_length(request)
     content_range = request.headers.get("content-range")
@@ -87,7 +88,7 @@ async def _append_body(request: Request, ctx: Context, session: UploadSession) -
             raise RegistryError(SIZE_INVALID, f"Content-Range {start}-{end} disagrees with Content-Length {expected}")
         expected = end - start + 1
     try:
-        return await ctx.store.append_upload(session, request.stream(), expected)
+        return await ctx.store.append_upload(session, request.stream(), expected, finishing)
     except RegistryError as error:
         if error.error is RANGE_INVALID:
             current = await ctx.store.get_upload(session.repository, session.id, caller(request))
@@ -107,7 +108,7 @@ async def finish_upload(request: Request, ctx: Context, name: str, upload_id: st
         raise RegistryError(DIGEST_INVALID, "the closing PUT needs ?digest=")
     digest = parse_digest(digest_param)
     session = await ctx.store.get_upload(name, upload_id, caller(request))
-    session = await _append_body(request, ctx, session)
+    session = await _append_body(request, ctx, session, digest)
     blob = await ctx.store.finish_upload(session, digest)
     return blob_created(name, blob)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +17,8 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 # Upload blobs are named by their session id; finished blobs keep that name (no copy).
 UPLOAD_PREFIX = "data/"
 MANIFEST_PREFIX = "manifests/"
+# A finished upload's blob carries this; sealing changes its etag, so stale appends fail.
+SEALED = {"berth": "sealed"}
 
 
 class ConcurrentAppend(Exception):
@@ -53,12 +55,14 @@ class ContentStore:
         chunks: AsyncIterator[bytes],
         etag: str | None,
         expected_length: int | None = None,
-    ) -> tuple[str, int]:
+        seal_if: Callable[[], bool] | None = None,
+    ) -> tuple[str, int, bool]:
         """Stage the stream as blocks, then commit them after the blob's existing blocks.
 
         Nothing is committed unless the whole stream arrived; the commit is conditional on
-        the blob's etag so that two appends at the same offset cannot both win.
-        Returns (new etag, bytes appended).
+        the blob's etag so that two appends at the same offset cannot both win. `seal_if`,
+        asked once all bytes are staged, may seal the blob in the same commit (or raise to
+        commit nothing). Returns (new etag, bytes appended, sealed).
         """
         blob = self._container.get_blob_client(name)
         staged: list[str] = []
@@ -97,8 +101,9 @@ class ContentStore:
                 task.cancel()
             raise
 
+        sealed = seal_if() if seal_if is not None else False
         if etag is not None and not staged:
-            return etag, 0
+            return etag, 0, False
         blocks: list[BlobBlock] = []
         if etag is not None:
             committed, _ = await blob.get_block_list("committed")
@@ -109,11 +114,20 @@ class ContentStore:
             if etag is None
             else {"etag": etag, "match_condition": MatchConditions.IfNotModified}
         )
+        metadata = SEALED if sealed else None
         try:
-            result = await blob.commit_block_list(blocks, **conditions)
+            result = await blob.commit_block_list(blocks, metadata=metadata, **conditions)
         except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError) as error:
             raise ConcurrentAppend(str(error)) from error
-        return result["etag"], total
+        return result["etag"], total, sealed
+
+    async def stat(self, name: str) -> tuple[int, str, bool] | None:
+        """(size, etag, sealed) of a blob, or None if there is none."""
+        try:
+            properties = await self._container.get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return properties.size, properties.etag, properties.metadata.get("berth") == "sealed"
 
     async def read(self, name: str, offset: int = 0, length: int | None = None,
                    etag: str | None = None) -> AsyncIterator[bytes]:
@@ -133,11 +147,9 @@ class ContentStore:
         blob = self._container.get_blob_client(name)
         try:
             if etag is None:  # nothing was ever appended: the blob is the empty one
-                await blob.commit_block_list([], metadata={"berth": "sealed"},
-                                             match_condition=MatchConditions.IfMissing)
+                await blob.commit_block_list([], metadata=SEALED, match_condition=MatchConditions.IfMissing)
             else:
-                await blob.set_blob_metadata({"berth": "sealed"}, etag=etag,
-                                             match_condition=MatchConditions.IfNotModified)
+                await blob.set_blob_metadata(SEALED, etag=etag, match_condition=MatchConditions.IfNotModified)
         except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError) as error:
             raise ConcurrentAppend(str(error)) from error
 

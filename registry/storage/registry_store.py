@@ -16,8 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError
+from azure.core.exceptions import ResourceExistsError
 
 from registry.oci.digest import Digest, parse_digest
 from registry.oci.errors import (
@@ -71,10 +70,10 @@ class UploadSession:
     id: str
     offset: int
     location: str
-    blob_etag: str | None
-    row_etag: str
+    blob_etag: str | None  # None until the first bytes are committed
     expires: datetime
     owner: str
+    sealed: bool = False  # finished content: verified and closed to further appends
 
 
 @dataclass(frozen=True)
@@ -150,17 +149,17 @@ class RegistryStore:
     async def start_upload(self, repository: str, owner: str) -> UploadSession:
         upload_id = secrets.token_urlsafe(24)
         expires = _now() + timedelta(seconds=self._settings.upload_ttl_seconds)
+        # The row says who may use the upload and until when; the blob itself is the truth
+        # about its bytes (size, etag), so appends need not rewrite the row.
         entity = {
             "PartitionKey": repository_key(repository),
             "RowKey": UPLOAD + upload_id,
-            "offset": int64(0),
             "location": UPLOAD_PREFIX + upload_id,
-            "blobEtag": "",
             "owner": owner,
             "expires": expires,
         }
-        result = await self.metadata.repos.create_entity(entity)
-        session = UploadSession(repository, upload_id, 0, entity["location"], None, result["etag"], expires, owner)
+        await self.metadata.repos.create_entity(entity)
+        session = UploadSession(repository, upload_id, 0, entity["location"], None, expires, owner)
         self._remember(session, hashlib.sha256())
         return session
 
@@ -175,70 +174,59 @@ class RegistryStore:
             session = local[0]
             if session.repository == repository and session.owner == owner and session.expires > _now():
                 return session
-        row = await self.metadata.get(self.metadata.repos, repository_key(repository), UPLOAD + upload_id)
-        if row is None or row["expires"] < _now() or row.get("owner") != owner:
-            raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown, finished, cancelled or expired")
-        return UploadSession(
-            repository,
-            upload_id,
-            read_int(row, "offset"),
-            row["location"],
-            row["blobEtag"] or None,
-            row.metadata["etag"],
-            row["expires"],
-            owner,
+        row, blob = await asyncio.gather(
+            self.metadata.get(self.metadata.repos, repository_key(repository), UPLOAD + upload_id),
+            self.content.stat(UPLOAD_PREFIX + upload_id),
         )
+        if row is None or row["expires"] < _now() or row.get("owner") != owner or (blob and blob[2]):
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown, finished, cancelled or expired")
+        size, etag = (blob[0], blob[1]) if blob else (0, None)
+        return UploadSession(repository, upload_id, size, row["location"], etag, row["expires"], owner)
 
     async def append_upload(
-        self, session: UploadSession, chunks: AsyncIterator[bytes], expected_length: int | None = None
+        self,
+        session: UploadSession,
+        chunks: AsyncIterator[bytes],
+        expected_length: int | None = None,
+        finishing: Digest | None = None,
     ) -> UploadSession:
-        """Append a stream to the upload; all of it lands or none of it does."""
+        """Append a stream to the upload; all of it lands or none of it does.
+
+        With `finishing` (the closing PUT's digest) and this instance's hash state, the digest
+        is checked before the commit: a mismatch commits nothing, a match seals in the same call.
+        """
         local = self._uploads.get(session.id)
         if local is not None and local[0].offset == session.offset and local[1] is not None:
             hasher = local[1].copy()  # a copy, so a failed append leaves the state as it was
         else:
             hasher = hashlib.sha256() if session.offset == 0 else None
+
+        def seal_if() -> bool:
+            if finishing is None or hasher is None or finishing.algorithm != "sha256":
+                return False
+            _check_digest(Digest("sha256", hasher.hexdigest()), finishing)
+            return True
+
         try:
-            blob_etag, appended = await self.content.append(
-                session.location, _HashingStream(chunks, hasher), session.blob_etag, expected_length=expected_length
+            blob_etag, appended, sealed = await self.content.append(
+                session.location, _HashingStream(chunks, hasher), session.blob_etag,
+                expected_length=expected_length, seal_if=seal_if,
             )
         except ConcurrentAppend:
             self._uploads.pop(session.id, None)
             raise RegistryError(RANGE_INVALID, "another request changed this upload first") from None
         except LengthMismatch as error:
             raise RegistryError(SIZE_INVALID, f"chunk length mismatch: {error}") from None
-        updated = replace(session, offset=session.offset + appended, blob_etag=blob_etag)
-        if blob_etag != session.blob_etag:
-            try:
-                result = await self.metadata.repos.update_entity(
-                    {
-                        "PartitionKey": repository_key(session.repository),
-                        "RowKey": UPLOAD + session.id,
-                        "offset": int64(updated.offset),
-                        "blobEtag": blob_etag,
-                    },
-                    etag=session.row_etag,
-                    match_condition=MatchConditions.IfNotModified,
-                )
-            except (ResourceModifiedError, HttpResponseError) as error:
-                if isinstance(error, ResourceModifiedError) or error.status_code in (404, 412):
-                    self._uploads.pop(session.id, None)
-                    raise RegistryError(RANGE_INVALID, "the upload changed while this chunk arrived") from None
-                raise
-            updated = replace(updated, row_etag=result["etag"])
+        updated = replace(session, offset=session.offset + appended, blob_etag=blob_etag, sealed=sealed)
         self._remember(updated, hasher)
         return updated
 
     async def finish_upload(self, session: UploadSession, digest: Digest) -> BlobInfo:
         """Verify the content against the client's digest and make it a blob of the repository."""
         for attempt in range(2):
-            actual = await self._upload_digest(session, digest.algorithm)
-            if actual != digest:
-                raise RegistryError(
-                    DIGEST_INVALID,
-                    f"uploaded content has digest {actual}, not {digest}",
-                    {"expected": str(digest), "actual": str(actual)},
-                )
+            if session.sealed:
+                break
+            _check_digest(await self._upload_digest(session, digest.algorithm), digest)
             try:
                 # Sealing changes the blob's etag, so no append that is still in flight can
                 # alter the bytes we just verified.
@@ -257,12 +245,12 @@ class RegistryStore:
             "location": blob.location,
             "created": _now(),
         }
-        link_and_close = [
-            ("upsert", self._link_entity(session.repository, blob)),
-            ("delete", {"PartitionKey": repository_key(session.repository), "RowKey": UPLOAD + session.id}),
-        ]
-        indexed, _ = await asyncio.gather(
-            self._create_index(index_entity), self.metadata.transact(self.metadata.repos, link_and_close)
+        # Three independent writes in one round trip. They need not be atomic: the blob is
+        # sealed, and the expiry purge never deletes a sealed blob, only a leftover row.
+        indexed, _, _ = await asyncio.gather(
+            self._create_index(index_entity),
+            self._link(session.repository, blob),
+            self.metadata.repos.delete_entity(repository_key(session.repository), UPLOAD + session.id),
         )
         if not indexed:
             # Same bytes were already stored: link those, then drop this copy.
@@ -315,7 +303,9 @@ class RegistryStore:
         purged = 0
         columns = ["PartitionKey", "RowKey", "location"]
         async for row in self.metadata.repos.query_entities(query, parameters=params, select=columns):
-            await self.content.delete(row["location"])
+            blob = await self.content.stat(row["location"])
+            if blob is not None and not blob[2]:  # a sealed blob is finished content: keep it
+                await self.content.delete(row["location"])
             await self.metadata.repos.delete_entity(row["PartitionKey"], row["RowKey"])
             purged += 1
         return purged
@@ -467,6 +457,15 @@ class RegistryStore:
             if artifact_type is None or descriptor.get("artifactType") == artifact_type:
                 descriptors.append(descriptor)
         return descriptors
+
+
+def _check_digest(actual: Digest, expected: Digest) -> None:
+    if actual != expected:
+        raise RegistryError(
+            DIGEST_INVALID,
+            f"uploaded content has digest {actual}, not {expected}",
+            {"expected": str(expected), "actual": str(actual)},
+        )
 
 
 class _HashingStream:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from registry.storage.metadata import repository_key
 from tests.conftest import Server, StorageView
 from tests.helpers import error_codes, push_blob, push_image, sha256
 
@@ -250,7 +251,17 @@ def test_expired_uploads_are_purged_with_their_bytes(client: httpx.Client, proxy
         finally:
             await berth.close()
 
-    assert asyncio.run(purge(datetime.now(UTC))) >= 0
+    # A session row left behind by a finished upload must not take the finished bytes with it.
+    kept = os.urandom(500)
+    kept_digest = push_blob(client, repo, kept)
+    location_of_kept = storage.repository_rows(repo)[f"b:{kept_digest}"]["location"]
+    storage.tables.get_table_client(f"{TABLE_PREFIX}repos").create_entity({
+        "PartitionKey": repository_key(repo), "RowKey": "u:leftover", "location": location_of_kept,
+        "owner": "anonymous:anonymous", "expires": datetime.now(UTC) - timedelta(hours=1),
+    })
+    assert asyncio.run(purge(datetime.now(UTC))) >= 1
+    assert "u:leftover" not in storage.repository_rows(repo)
+    assert client.get(f"/v2/{repo}/blobs/{kept_digest}", follow_redirects=True).content == kept
     assert client.get(location).status_code == 204  # not expired yet: untouched
     assert asyncio.run(purge(datetime.now(UTC) + timedelta(days=2))) >= 1
     assert f"data/{upload_id}" not in storage.blob_names("data/")
@@ -293,3 +304,14 @@ def test_finished_upload_cannot_be_appended_to_through_another_instance(
     late = client.patch(location, content=b"appended after the end")
     assert late.status_code in (404, 416)
     assert client.get(f"/v2/{repo}/blobs/{sha256(data)}", follow_redirects=True).content == data
+
+
+def test_wrong_digest_on_the_final_chunk_commits_nothing(client: httpx.Client, repo: str) -> None:
+    location = start(client, repo)
+    assert client.patch(location, content=b"a" * 100, headers={"Content-Range": "0-99"}).status_code == 202
+    wrong = client.put(location, params={"digest": sha256(b"something else")}, content=b"b" * 50)
+    assert wrong.status_code == 400
+    assert error_codes(wrong) == ["DIGEST_INVALID"]
+    assert client.get(location).headers["Range"] == "0-99"  # the upload is as it was: resumable
+    right = client.put(location, params={"digest": sha256(b"a" * 100 + b"b" * 50)}, content=b"b" * 50)
+    assert right.status_code == 201
