@@ -116,14 +116,21 @@ def curl_time(url: str, follow: bool = True) -> float:
     return float(result.stdout)
 
 
-def blob_get(target: Target, digest: str, size: int) -> dict[str, float]:
+def blob_get(target: Target, digest: str, size: int, samples: int = 5) -> dict[str, float]:
+    """Median of `samples` GETs; for Berth in redirect mode, interleaved with direct SAS GETs of
+    the same bytes (the floor), so both see the same storage state."""
     url = f"{target.url}/v2/bench/big/blobs/{digest}"
-    seconds = curl_time(url)
+    sas = httpx.get(url).headers["Location"] if target.name == "berth-redirect" else None
+    via, floor = [], []
+    for _ in range(samples):
+        via.append(curl_time(url))
+        if sas is not None:
+            floor.append(curl_time(sas, follow=False))
+    seconds = statistics.median(via)
     measured = {"get_s": seconds, "get_mib_s": size / MiB / seconds}
-    if target.name == "berth-redirect":
-        sas = httpx.get(url).headers["Location"]  # the storage floor: the same bytes, no registry
-        floor = curl_time(sas, follow=False)
-        measured.update({"floor_get_s": floor, "floor_get_mib_s": size / MiB / floor})
+    if floor:
+        floor_s = statistics.median(floor)
+        measured.update({"floor_get_s": floor_s, "floor_get_mib_s": size / MiB / floor_s})
     return measured
 
 

@@ -11,6 +11,7 @@ from azure.data.tables.aio import TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient
 
 from registry.settings import MiB, Settings
+from registry.storage.point_reads import TablePointReader
 
 
 @dataclass
@@ -18,6 +19,7 @@ class StorageClients:
     blob_service: BlobServiceClient
     table_service: TableServiceClient
     session: aiohttp.ClientSession
+    table_reader: TablePointReader
     credential: Any = None
 
     async def close(self) -> None:
@@ -51,7 +53,9 @@ def create_clients(settings: Settings) -> StorageClients:
         table = TableServiceClient.from_connection_string(
             settings.storage_connection_string, transport=_transport(session)
         )
-        return StorageClients(blob, table, session)
+        key = table.credential.named_key.key if hasattr(table.credential, "named_key") else None
+        reader = TablePointReader(session, table.url, table.account_name, account_key=key)
+        return StorageClients(blob, table, session, reader)
     if not (settings.blob_endpoint and settings.table_endpoint):
         raise ValueError("no storage configured: set BERTH_STORAGE_CONNECTION_STRING or BERTH_STORAGE_ACCOUNT")
     from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
@@ -65,4 +69,5 @@ def create_clients(settings: Settings) -> StorageClients:
         settings.blob_endpoint, credential=credential, transport=_transport(session), **blob_options
     )
     table = TableServiceClient(settings.table_endpoint, credential=credential, transport=_transport(session))
-    return StorageClients(blob, table, session, credential)
+    reader = TablePointReader(session, table.url, table.account_name, credential=credential)
+    return StorageClients(blob, table, session, reader, credential)

@@ -17,6 +17,8 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from registry.storage.point_reads import TablePointReader
+
 MANIFEST = "m:"
 TAG = "t:"
 BLOB = "b:"
@@ -54,8 +56,9 @@ def next_key(prefix: str) -> str:
 
 
 class MetadataStore:
-    def __init__(self, service: TableServiceClient, prefix: str):
+    def __init__(self, service: TableServiceClient, prefix: str, reader: TablePointReader):
         self.repos: TableClient = service.get_table_client(f"{prefix}repos")
+        self._reader = reader
         self.digests: TableClient = service.get_table_client(f"{prefix}digests")
         self.catalog: TableClient = service.get_table_client(f"{prefix}catalog")
 
@@ -65,6 +68,10 @@ class MetadataStore:
                 await table.create_table()
             except ResourceExistsError:
                 pass
+
+    async def read_fast(self, table: TableClient, partition: str, row: str) -> dict[str, Any] | None:
+        """A hot-path point read (no etag/metadata; Int64 and Binary decoded, dates left as text)."""
+        return await self._reader.get(table.table_name, partition, row)
 
     @staticmethod
     async def get(table: TableClient, partition: str, row: str) -> dict[str, Any] | None:

@@ -95,7 +95,7 @@ class RegistryStore:
         self.content = ContentStore(
             clients.blob_service, settings.blob_container, settings.block_size, settings.blocks_in_flight
         )
-        self.metadata = MetadataStore(clients.table_service, settings.table_prefix)
+        self.metadata = MetadataStore(clients.table_service, settings.table_prefix, clients.table_reader)
         # Uploads this instance is serving: the session as last written, and its hash state.
         self._uploads: OrderedDict[str, tuple[UploadSession, Any]] = OrderedDict()
         self._known_repositories: set[str] = set()
@@ -107,7 +107,7 @@ class RegistryStore:
     # --- blobs -------------------------------------------------------------------------
 
     async def stat_blob(self, repository: str, digest: Digest) -> BlobInfo:
-        row = await self.metadata.get(self.metadata.repos, repository_key(repository), BLOB + str(digest))
+        row = await self.metadata.read_fast(self.metadata.repos, repository_key(repository), BLOB + str(digest))
         if row is None:
             raise RegistryError(BLOB_UNKNOWN, f"blob {digest} is not in repository {repository}")
         return BlobInfo(digest, read_int(row, "size"), row["location"])
@@ -384,7 +384,7 @@ class RegistryStore:
 
     async def get_manifest(self, repository: str, reference: Digest | str, with_body: bool = True) -> StoredManifest:
         row_key = MANIFEST + str(reference) if isinstance(reference, Digest) else TAG + reference
-        row = await self.metadata.get(self.metadata.repos, repository_key(repository), row_key)
+        row = await self.metadata.read_fast(self.metadata.repos, repository_key(repository), row_key)
         if row is None:
             raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} is not in repository {repository}")
         digest = reference if isinstance(reference, Digest) else parse_digest(row["digest"])

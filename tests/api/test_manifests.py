@@ -209,3 +209,14 @@ def test_delete_by_tag_removes_only_the_tag(client: httpx.Client, repo: str) -> 
     assert client.get(f"/v2/{repo}/manifests/gone").status_code == 404
     assert client.get(f"/v2/{repo}/manifests/{digest}").status_code == 200
     assert error_codes(client.delete(f"/v2/{repo}/manifests/gone")) == ["MANIFEST_UNKNOWN"]
+
+
+def test_names_with_every_separator_resolve(client: httpx.Client, repo: str) -> None:
+    # '-', '.', '_', '__' and '/' all change how the repository is keyed in Table Storage.
+    name = f"{repo}/a-b.c_d__e---f"
+    digest, body = push_image(client, name, "v1.0_rc-1")
+    assert client.get(f"/v2/{name}/manifests/v1.0_rc-1").content == body
+    assert client.head(f"/v2/{name}/manifests/{digest}").status_code == 200
+    layer = json.loads(body)["layers"][0]["digest"]
+    assert client.head(f"/v2/{name}/blobs/{layer}").status_code == 200
+    assert client.get(f"/v2/{name}/tags/list").json()["tags"] == ["v1.0_rc-1"]
