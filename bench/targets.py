@@ -7,13 +7,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from registry.azurite import PROJECT_ROOT, Azurite, free_port
+from registry.azurite import PROJECT_ROOT, Azurite, free_port, stop_process, wait_until_serving
 
 
 @dataclass
@@ -29,28 +26,9 @@ class Target:
         return f"http://{self.host}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout=15)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _wait(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code in (200, 401):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not answer at {url}")
 
 
 def start_berth(azurite: Azurite, delivery: str, log: Path) -> Target:
@@ -67,7 +45,7 @@ def start_berth(azurite: Azurite, delivery: str, log: Path) -> Target:
         cwd=PROJECT_ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     target = Target(f"berth-{delivery}", f"127.0.0.1:{port}", process)
-    _wait(f"{target.url}/v2/", process, target.name)
+    wait_until_serving(f"{target.url}/v2/", process, target.name)
     return target
 
 
@@ -97,5 +75,5 @@ def start_cncf(log: Path) -> Target:
         stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     target = Target("cncf", f"127.0.0.1:{port}", process, workdir)
-    _wait(f"{target.url}/v2/", process, "docker-registry")
+    wait_until_serving(f"{target.url}/v2/", process, "docker-registry")
     return target

@@ -1,4 +1,5 @@
-"""Starts and stops a local Azurite (the project's own npm install) for `serve` and the tests."""
+"""Local processes: Azurite (the project's own npm install) for `serve`, the tests and the
+benchmark, and the small helpers they share to start and stop servers on loopback."""
 
 from __future__ import annotations
 
@@ -28,6 +29,38 @@ def _answers(port: int, host: str = "127.0.0.1") -> bool:
             return True
     except OSError:
         return False
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    """Block until `url` answers 200 or 401 (a registry with auth on); fail if the process exits."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as error:
+            if error.code == 401:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f} s")
 
 
 class Azurite:

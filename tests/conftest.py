@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import pytest
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
-from registry.azurite import PROJECT_ROOT, Azurite, free_port
+from registry.azurite import PROJECT_ROOT, Azurite, free_port, stop_process, wait_until_serving
 
 # Fixture modules shared across folders (auth servers, a private containerd).
 pytest_plugins = ["tests.auth.support", "tests.clients.containerd"]
@@ -58,27 +57,16 @@ def start_server(azurite: Azurite, tmp: Path, **settings: str) -> Server:
         stdin=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"berth exited early:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/v2/", timeout=1).status_code in (200, 401):
-                return Server(url, f"127.0.0.1:{port}", process, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"berth did not answer within 30 s:\n{log.read_text()}")
+    try:
+        wait_until_serving(f"{url}/v2/", process, "berth")
+    except RuntimeError as error:
+        stop_process(process)
+        raise RuntimeError(f"{error}:\n{log.read_text()}") from None
+    return Server(url, f"127.0.0.1:{port}", process, log)
 
 
 def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    stop_process(server.process)
 
 
 @pytest.fixture(scope="session")
