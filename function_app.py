@@ -27,6 +27,12 @@ async def distribution_api(req: Request) -> Response:
     return await berth.handle(req)
 
 
+@app.route(route="oauth2/{*path}", methods=["GET", "POST"])
+async def token_service(req: Request) -> Response:
+    """The ACR-compatible token service: /oauth2/token and /oauth2/exchange."""
+    return await berth.handle(req)
+
+
 
 @app.timer_trigger(schedule="0 17 * * * *", arg_name="timer", run_on_startup=False)
 async def purge_expired_uploads(timer: func.TimerRequest) -> None:

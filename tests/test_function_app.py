@@ -32,6 +32,8 @@ def test_declares_anonymous_catch_all_routes(function_module: Any) -> None:
     assert binding["route"] == "v2/{*path}"
     assert binding["authLevel"] == "ANONYMOUS"
     assert {m.upper() for m in binding["methods"]} >= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
+    tokens = functions["token_service"]["bindings"][0]
+    assert tokens["route"] == "oauth2/{*path}" and tokens["authLevel"] == "ANONYMOUS"
     timer = functions["purge_expired_uploads"]["bindings"][0]
     assert timer["type"] == "timerTrigger" and timer["schedule"] == "0 17 * * * *"
     with open(os.path.join(os.path.dirname(function_module.__file__), "host.json")) as host:
@@ -39,7 +41,8 @@ def test_declares_anonymous_catch_all_routes(function_module: Any) -> None:
 
 
 async def call(function_module: Any, method: str, path: str, body: bytes = b"", query: str = "",
-               headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+               headers: dict[str, str] | None = None,
+               function: str = "distribution_api") -> tuple[int, dict[str, str], bytes]:
     """Send one request through the function and collect the streamed response."""
     chunks = [body[i:i + 65536] for i in range(0, len(body), 65536)] or [b""]
 
@@ -51,7 +54,7 @@ async def call(function_module: Any, method: str, path: str, body: bytes = b"", 
     scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
              "query_string": query.encode(), "headers": raw_headers, "http_version": "1.1",
              "scheme": "http", "server": ("berth.test", 443), "root_path": ""}
-    response = await function_module.distribution_api(Request(scope, receive))
+    response = await getattr(function_module, function)(Request(scope, receive))
     sent: dict[str, Any] = {"body": b""}
 
     async def send(message: dict[str, Any]) -> None:
@@ -98,5 +101,36 @@ def test_push_and_pull_through_the_function(function_module: Any) -> None:
             assert status == 400 and json.loads(body)["errors"][0]["code"] == "DIGEST_INVALID"
         finally:
             await function_module.berth.close()
+
+    asyncio.run(scenario())
+
+
+def test_token_flow_through_the_functions(function_module: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    monkeypatch.setenv("BERTH_AUTH", "token")
+    monkeypatch.setenv("BERTH_TOKEN_SIGNING_KEY", base64.b64encode(b"f" * 32).decode())
+    monkeypatch.setenv("BERTH_ADMIN_USER", "admin")
+    monkeypatch.setenv("BERTH_ADMIN_PASSWORD", "secret")
+    sys.modules.pop("function_app", None)
+    module = importlib.import_module("function_app")
+    host = {"host": "berth.example.net", "x-forwarded-proto": "https"}
+
+    async def scenario() -> None:
+        try:
+            status, headers, _ = await call(module, "GET", "/v2/", headers=host)
+            assert status == 401
+            assert headers["www-authenticate"] == (
+                'Bearer realm="https://berth.example.net/oauth2/token",service="berth.example.net"'
+            )
+            basic = "Basic " + base64.b64encode(b"admin:secret").decode()
+            status, _, body = await call(module, "GET", "/oauth2/token", query="service=berth.example.net",
+                                         headers={**host, "authorization": basic}, function="token_service")
+            assert status == 200, body
+            token = json.loads(body)["token"]
+            status, _, _ = await call(module, "GET", "/v2/", headers={**host, "authorization": f"Bearer {token}"})
+            assert status == 200
+        finally:
+            await module.berth.close()
 
     asyncio.run(scenario())

@@ -176,26 +176,9 @@ class ContentStore:
         expiry = now + timedelta(seconds=ttl_seconds)
         start = now - timedelta(minutes=5)  # tolerate clock skew between us and storage
         account_key = getattr(self._service.credential, "account_key", None)
-        if account_key:
-            sas = generate_blob_sas(
-                self._service.account_name,
-                self._container.container_name,
-                name,
-                account_key=account_key,
-                permission=BlobSasPermissions(read=True),
-                expiry=expiry,
-                start=start,
-            )
-        else:
-            sas = generate_blob_sas(
-                self._service.account_name,
-                self._container.container_name,
-                name,
-                user_delegation_key=await self._user_delegation_key(expiry),
-                permission=BlobSasPermissions(read=True),
-                expiry=expiry,
-                start=start,
-            )
+        delegation_key = None if account_key else await self._user_delegation_key(expiry)
+        sas = read_only_sas(self._service.account_name, self._container.container_name, name, start, expiry,
+                            account_key=account_key, delegation_key=delegation_key)
         return f"{blob.url}?{sas}"
 
     async def _user_delegation_key(self, needed_until: datetime) -> Any:
@@ -208,3 +191,19 @@ class ContentStore:
             )
             self._delegation_key_expiry = expiry
         return self._delegation_key
+
+
+def read_only_sas(account: str, container: str, blob: str, start: datetime, expiry: datetime,
+                  account_key: str | None = None, delegation_key: Any = None) -> str:
+    """SAS query string granting read of one blob: signed with the account key (Azurite, key
+    auth) or with a user delegation key (managed identity: no account key exists)."""
+    return generate_blob_sas(
+        account,
+        container,
+        blob,
+        account_key=account_key,
+        user_delegation_key=delegation_key,
+        permission=BlobSasPermissions(read=True),
+        expiry=expiry,
+        start=start,
+    )
