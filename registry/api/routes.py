@@ -52,7 +52,7 @@ ROUTES = [
     ),
     _route(f"/v2/{_NAME}/blobs/uploads/?", POST=(uploads.start_upload, PUSH)),
     _route(
-        f"/v2/{_NAME}/blobs/uploads/(?P<upload_id>[A-Za-z0-9_-]+)",
+        f"/v2/{_NAME}/blobs/uploads/(?P<upload_id>[A-Za-z0-9_-]{{1,64}})",
         GET=(uploads.upload_status, PUSH),
         PATCH=(uploads.patch_upload, PUSH),
         PUT=(uploads.finish_upload, PUSH),

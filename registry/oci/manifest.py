@@ -127,6 +127,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError) as error:
         raise _invalid(f"manifest is not valid JSON: {error}") from None
+    except RecursionError:
+        raise _invalid("manifest JSON is nested too deeply") from None
     if not isinstance(document, dict):
         raise _invalid("manifest must be a JSON object")
     if document.get("schemaVersion") == 1 or "fsLayers" in document:

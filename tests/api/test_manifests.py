@@ -220,3 +220,11 @@ def test_names_with_every_separator_resolve(client: httpx.Client, repo: str) -> 
     layer = json.loads(body)["layers"][0]["digest"]
     assert client.head(f"/v2/{name}/blobs/{layer}").status_code == 200
     assert client.get(f"/v2/{name}/tags/list").json()["tags"] == ["v1.0_rc-1"]
+
+
+def test_hostile_json_is_a_manifest_error_not_a_crash(client: httpx.Client, repo: str) -> None:
+    nested_layers = b'{"schemaVersion": 2, "layers": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    for body in (b"[" * 100_000 + b"]" * 100_000, nested_layers):
+        response = put_manifest(client, repo, "deep", body)
+        assert response.status_code == 400
+        assert error_codes(response) == ["MANIFEST_INVALID"]

@@ -315,3 +315,9 @@ def test_wrong_digest_on_the_final_chunk_commits_nothing(client: httpx.Client, r
     assert client.get(location).headers["Range"] == "0-99"  # the upload is as it was: resumable
     right = client.put(location, params={"digest": sha256(b"a" * 100 + b"b" * 50)}, content=b"b" * 50)
     assert right.status_code == 201
+
+
+def test_oversized_upload_id_is_not_a_server_error(client: httpx.Client, repo: str) -> None:
+    response = client.get(f"/v2/{repo}/blobs/uploads/{'a' * 2000}")
+    assert response.status_code in (400, 404)
+    assert response.status_code != 500
