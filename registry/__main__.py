@@ -7,7 +7,10 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import secrets
+import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -61,6 +64,9 @@ def serve(args: argparse.Namespace) -> int:
     else:
         print("berth: create a login with: python -m registry tokens create NAME --scope 'REPO=content/read'")
     sys.stdout.flush()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it under the handler it found:
+    # make that handler an exit, so the `finally` below still stops Azurite.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(
             BerthApplication(settings),
@@ -77,13 +83,25 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _answers(connection_string: str) -> bool:
+    """Whether the Azurite a (possibly stale) connection string names is still listening."""
+    match = re.search(r"TableEndpoint=https?://([^:/;]+):(\d+)", connection_string)
+    if not match:
+        return False
+    try:
+        socket.create_connection((match.group(1), int(match.group(2))), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
 @contextmanager
 def storage_settings() -> Iterator[Settings]:
     """Settings with storage: configured, or the local `serve`'s Azurite, or one started here."""
     settings = replace(load_settings(), auth="none")
     if settings.storage_configured:
         yield settings
-    elif LOCAL_STORAGE_FILE.exists():
+    elif LOCAL_STORAGE_FILE.exists() and _answers(LOCAL_STORAGE_FILE.read_text()):
         yield settings.with_storage(LOCAL_STORAGE_FILE.read_text())
     else:
         with Azurite(location=PROJECT_ROOT / ".berth-data" / "azurite") as azurite:
