@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from azure.core.exceptions import ResourceExistsError
 
@@ -23,12 +24,15 @@ from registry.api.http import Context
 from registry.azurite import PROJECT_ROOT, Azurite
 from registry.settings import Settings, SettingsError, load_settings
 
-LOCAL_STORAGE_FILE = PROJECT_ROOT / ".berth-data" / "storage-connection"
+
+def local_data(settings: Settings) -> Path:
+    """Where local runs keep Azurite's data and generated secrets (relative: to the project)."""
+    return PROJECT_ROOT / settings.local_data_dir
 
 
-def local_signing_key() -> bytes:
-    """For local runs: a token-signing key generated once and kept under .berth-data/."""
-    path = PROJECT_ROOT / ".berth-data" / "token-signing-key"
+def local_signing_key(settings: Settings) -> bytes:
+    """For local runs: a token-signing key generated once and kept in the local data folder."""
+    path = local_data(settings) / "token-signing-key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
@@ -47,13 +51,13 @@ def serve(args: argparse.Namespace) -> int:
         print(f"berth: {error}", file=sys.stderr)
         return 2
     if settings.auth == "token" and settings.token_signing_key is None:
-        settings = replace(settings, token_signing_key=local_signing_key())
+        settings = replace(settings, token_signing_key=local_signing_key(settings))
     azurite = None
     if not settings.storage_configured:
-        data = PROJECT_ROOT / ".berth-data" / "azurite"
+        data = local_data(settings) / "azurite"
         azurite = Azurite(location=data).start()
         settings = settings.with_storage(azurite.connection_string)
-        LOCAL_STORAGE_FILE.write_text(azurite.connection_string)
+        (local_data(settings) / "storage-connection").write_text(azurite.connection_string)
         print(f"berth: started Azurite (blob :{azurite.blob_port}, table :{azurite.table_port}), data in {data}")
     print(f"berth: registry at http://{args.host}:{args.port}/v2/ (blob delivery: {settings.blob_delivery})")
     if settings.auth == "none":
@@ -78,7 +82,7 @@ def serve(args: argparse.Namespace) -> int:
         )
     finally:
         if azurite is not None:
-            LOCAL_STORAGE_FILE.unlink(missing_ok=True)
+            (local_data(settings) / "storage-connection").unlink(missing_ok=True)
             azurite.stop()
     return 0
 
@@ -101,10 +105,10 @@ def storage_settings() -> Iterator[Settings]:
     settings = replace(load_settings(), auth="none")
     if settings.storage_configured:
         yield settings
-    elif LOCAL_STORAGE_FILE.exists() and _answers(LOCAL_STORAGE_FILE.read_text()):
-        yield settings.with_storage(LOCAL_STORAGE_FILE.read_text())
+    elif (local := local_data(settings) / "storage-connection").exists() and _answers(local.read_text()):
+        yield settings.with_storage(local.read_text())
     else:
-        with Azurite(location=PROJECT_ROOT / ".berth-data" / "azurite") as azurite:
+        with Azurite(location=local_data(settings) / "azurite") as azurite:
             yield settings.with_storage(azurite.connection_string)
 
 

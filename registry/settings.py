@@ -33,6 +33,7 @@ class Settings:
     max_page_size: int = 1000
     # Authentication (BERTH_AUTH=token): see README, "Authentication".
     auth: str = "none"
+    local_data_dir: str = ".berth-data"  # local runs only: Azurite's data, the generated token key
     public_url: str | None = None
     service: str | None = None
     token_signing_key: bytes | None = None
@@ -125,6 +126,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_manifest_bytes=_int(env, "BERTH_MAX_MANIFEST_BYTES", 4 * MiB, 1024, 32 * MiB),
         max_page_size=_int(env, "BERTH_MAX_PAGE_SIZE", 1000, 1, 10000),
         auth=_choice(env, "BERTH_AUTH", "none", ("none", "token")),
+        local_data_dir=env.get("BERTH_LOCAL_DATA_DIR") or ".berth-data",
         public_url=(env.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,
         service=env.get("BERTH_SERVICE") or None,
         token_signing_key=_signing_key(env),
