@@ -167,7 +167,9 @@ class RegistryStore:
         """The session, if it is `owner`'s; another caller cannot even learn that it exists.
 
         The copy this instance last wrote is used without a read: every write that follows is
-        conditional (blob etag, row etag), so a stale copy fails safely instead of doing harm.
+        conditional on the blob's etag (and finishing seals the blob, changing it), so a stale
+        copy fails safely instead of doing harm. Elsewhere the row says who and until when, and
+        the blob itself says how many bytes have landed.
         """
         local = self._uploads.get(upload_id)
         if local is not None:
