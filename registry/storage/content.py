@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobSasPermissions, BlockState, generate_blob_sas
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
@@ -35,8 +36,10 @@ class LengthMismatch(Exception):
 
 
 class ContentStore:
-    def __init__(self, service: BlobServiceClient, container: str, block_size: int, blocks_in_flight: int):
+    def __init__(self, service: BlobServiceClient, container: str, block_size: int, blocks_in_flight: int,
+                 session: aiohttp.ClientSession):
         self._service = service
+        self._session = session
         self._container: ContainerClient = service.get_container_client(container)
         self._block_size = block_size
         self._blocks_in_flight = blocks_in_flight
@@ -141,6 +144,24 @@ class ContentStore:
             raise ConcurrentAppend(str(error)) from error
         async for chunk in downloader.chunks():
             yield chunk
+
+    async def stream(self, name: str, ttl_seconds: int, offset: int = 0,
+                     length: int | None = None) -> AsyncIterator[bytes]:
+        """The blob's bytes for a client, as one streamed GET of a read-only SAS URL.
+
+        One request instead of the SDK's series of ranged reads: several times the throughput
+        in proxy delivery, and the same URL a redirect would have handed out.
+        """
+        url = await self.read_url(name, ttl_seconds)
+        headers = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        async with self._session.get(url, headers=headers) as response:
+            if response.status not in (200, 206):
+                raise HttpResponseError(f"reading {name} failed: {response.status}")
+            async for chunk in response.content.iter_chunked(1024 * 1024):
+                yield chunk
 
     async def seal(self, name: str, etag: str | None) -> None:
         """Mark a finished upload's blob; conditional on `etag`, and it changes the etag."""

@@ -93,7 +93,8 @@ class RegistryStore:
     def __init__(self, clients: StorageClients, settings: Settings):
         self._settings = settings
         self.content = ContentStore(
-            clients.blob_service, settings.blob_container, settings.block_size, settings.blocks_in_flight
+            clients.blob_service, settings.blob_container, settings.block_size, settings.blocks_in_flight,
+            clients.session,
         )
         self.metadata = MetadataStore(clients.table_service, settings.table_prefix, clients.table_reader)
         # Uploads this instance is serving: the session as last written, and its hash state.
@@ -113,7 +114,7 @@ class RegistryStore:
         return BlobInfo(digest, read_int(row, "size"), row["location"])
 
     def read_blob(self, blob: BlobInfo, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        return self.content.read(blob.location, offset, length)
+        return self.content.stream(blob.location, self._settings.sas_ttl_seconds, offset, length)
 
     async def blob_url(self, blob: BlobInfo) -> str:
         return await self.content.read_url(blob.location, self._settings.sas_ttl_seconds)
