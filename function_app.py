@@ -33,7 +33,6 @@ async def token_service(req: Request) -> Response:
     return await berth.handle(req)
 
 
-
 @app.timer_trigger(schedule="0 17 * * * *", arg_name="timer", run_on_startup=False)
 async def purge_expired_uploads(timer: func.TimerRequest) -> None:
     """Hourly: remove upload sessions that expired unfinished, and their staged bytes."""
