@@ -78,7 +78,6 @@ class Principal:
 
 
 ALL_ACTIONS = ROLE_ACTIONS["Owner"]
-ANONYMOUS = Principal("anonymous", "anonymous")
 
 
 def admin(name: str) -> Principal:

@@ -21,9 +21,6 @@ class Digest:
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
 
-    def hasher(self) -> hashlib._Hash:
-        return hashlib.new(self.algorithm)
-
 
 def parse_digest(text: str) -> Digest:
     """Parse `algorithm:hex`, refusing anything but sha256/sha512 in canonical form."""
@@ -34,14 +31,6 @@ def parse_digest(text: str) -> Digest:
     if len(encoded) != length or not _ENCODED.match(encoded):
         raise RegistryError(DIGEST_INVALID, f"malformed {algorithm} digest {text[:150]!r}")
     return Digest(algorithm, encoded)
-
-
-def is_digest(text: str) -> bool:
-    try:
-        parse_digest(text)
-    except RegistryError:
-        return False
-    return True
 
 
 def digest_of(data: bytes, algorithm: str = "sha256") -> Digest:

@@ -57,10 +57,6 @@ class Manifest:
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
 
-    @property
-    def is_index(self) -> bool:
-        return self.media_type in INDEXES
-
 
 def _invalid(message: str) -> RegistryError:
     return RegistryError(MANIFEST_INVALID, message)

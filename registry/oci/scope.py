@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# Actions a registry token can carry. ACR's scope-map actions map onto them (see auth.roles).
-REPOSITORY_ACTIONS = frozenset({"pull", "push", "delete", "metadata_read", "metadata_write"})
 CATALOG = ("registry", "catalog")
 
 

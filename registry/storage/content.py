@@ -187,9 +187,6 @@ class ContentStore:
         except ResourceNotFoundError:
             pass
 
-    async def exists(self, name: str) -> bool:
-        return await self._container.get_blob_client(name).exists()
-
     async def read_url(self, name: str, ttl_seconds: int) -> str:
         """A URL that lets its holder read this one blob for ttl_seconds, and nothing else."""
         blob = self._container.get_blob_client(name)
