@@ -38,8 +38,7 @@ class Context:
 
 def error_response(error: RegistryError, head: bool = False) -> Response:
     body = b"" if head else json.dumps(error.body()).encode()
-    headers = {**API_VERSION_HEADER, **error.headers}
-    return Response(body, status_code=error.status, headers=headers, media_type="application/json")
+    return Response(body, status_code=error.status, headers=error.headers, media_type="application/json")
 
 
 def json_response(document: Any, status: int = 200, headers: dict[str, str] | None = None,

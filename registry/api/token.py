@@ -15,7 +15,7 @@ from registry.auth.authorizer import service_name
 from registry.auth.roles import Principal
 from registry.auth.service import AuthenticationFailed, TokenService
 from registry.oci.errors import NOT_FOUND, UNAUTHORIZED, UNSUPPORTED_GRANT, RegistryError
-from registry.oci.scope import parse_scopes
+from registry.oci.scope import Scope, parse_scopes
 
 MAX_FORM_BYTES = 64 * 1024
 
@@ -56,8 +56,19 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     return username, password
 
 
-def _issued_at() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _token_response(tokens: TokenService, service: str, principal: Principal, scopes: list[Scope],
+                    offline: bool) -> dict[str, object]:
+    """An access token for the granted part of `scopes`, plus a refresh token when asked."""
+    issued = tokens.access_token(service, principal, scopes)
+    document: dict[str, object] = {
+        "access_token": issued.token,
+        "expires_in": issued.expires_in,
+        "issued_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "scope": " ".join(str(s) for s in issued.scopes),
+    }
+    if offline:
+        document["refresh_token"] = tokens.refresh_token(service, principal)
+    return document
 
 
 async def get_token(request: Request, ctx: Context) -> Response:
@@ -69,15 +80,10 @@ async def get_token(request: Request, ctx: Context) -> Response:
         principal = await tokens.from_password(*credentials, service) if credentials else tokens.anonymous()
     except AuthenticationFailed as error:
         raise _denied(error) from None
-    issued = tokens.access_token(service, principal, parse_scopes(request.query_params.getlist("scope")))
-    document: dict[str, object] = {
-        "token": issued.token,
-        "access_token": issued.token,
-        "expires_in": issued.expires_in,
-        "issued_at": _issued_at(),
-    }
-    if request.query_params.get("offline_token") == "true" and principal.kind != "anonymous":
-        document["refresh_token"] = tokens.refresh_token(service, principal)
+    scopes = parse_scopes(request.query_params.getlist("scope"))
+    offline = request.query_params.get("offline_token") == "true" and principal.kind != "anonymous"
+    document = _token_response(tokens, service, principal, scopes, offline)
+    document["token"] = document["access_token"]  # the Docker token spec's name for it
     return json_response(document)
 
 
@@ -103,16 +109,8 @@ async def post_token(request: Request, ctx: Context) -> Response:
             raise RegistryError(UNSUPPORTED_GRANT, f"unsupported grant_type {grant_type!r}")
     except AuthenticationFailed as error:
         raise _denied(error) from None
-    issued = tokens.access_token(service, principal, parse_scopes(form.get("scope", [])))
-    document: dict[str, object] = {
-        "access_token": issued.token,
-        "expires_in": issued.expires_in,
-        "issued_at": _issued_at(),
-        "scope": " ".join(str(s) for s in issued.scopes),
-    }
-    if _first(form, "access_type") == "offline":
-        document["refresh_token"] = tokens.refresh_token(service, principal)
-    return json_response(document)
+    offline = _first(form, "access_type") == "offline"
+    return json_response(_token_response(tokens, service, principal, parse_scopes(form.get("scope", [])), offline))
 
 
 async def exchange(request: Request, ctx: Context) -> Response:
