@@ -4,15 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The real clients the suite drives, from Debian. Without root they must already be installed.
+# The real clients the suite drives, and nginx (the round-robin front of the multi-instance
+# mode), from Debian. Without root they must already be installed.
 clients=(skopeo podman buildah containerd)
 missing=()
 for tool in "${clients[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+# nginx lives in /usr/sbin, often not on a non-root PATH; Debian 12 ships it as nginx-light.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
+    # Installing nginx must not start a system nginx on port 80: deny service starts while
+    # apt runs (policy-rc.d exit 101), then put back whatever policy was there.
+    policy=/usr/sbin/policy-rc.d
+    restore_policy() { if [ -e "$policy.berth-saved" ]; then mv -f "$policy.berth-saved" "$policy"; else rm -f "$policy"; fi; }
+    if [ -e "$policy" ]; then mv "$policy" "$policy.berth-saved"; fi
+    trap restore_policy EXIT
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
+    restore_policy
+    trap - EXIT
   else
     echo "note: ${missing[*]} not installed; their tests will be skipped (sudo apt-get install ${missing[*]})" >&2
   fi

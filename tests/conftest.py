@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
 from registry.azurite import PROJECT_ROOT, Azurite, free_port, stop_process, wait_until_serving
+from tests.faults import FaultyStorage
+from tests.front import Front, find_nginx
 
 # Fixture modules shared across folders (auth servers, a private containerd).
 pytest_plugins = ["tests.auth.support", "tests.clients.containerd"]
@@ -70,17 +73,73 @@ def stop_server(server: Server) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Berth in its default mode: blob GETs redirect to a SAS URL on Azurite."""
-    instance = start_server(azurite, tmp_path_factory.mktemp("redirect"), BERTH_BLOB_DELIVERY="redirect")
-    yield instance
-    stop_server(instance)
+def instances(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
+    """Three Berth instances on one Azurite (redirect delivery), each addressed directly, so a
+    test decides which instance takes which request of a push."""
+    tmp = tmp_path_factory.mktemp("instances")
+    started = [start_server(azurite, tmp, BERTH_BLOB_DELIVERY="redirect") for _ in range(3)]
+    yield started
+    for instance in started:
+        stop_server(instance)
+
+
+@pytest.fixture(scope="session")
+def front(instances: list[Server], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    """nginx on loopback, balancing each request round-robin over the three `instances`."""
+    nginx = require_tool("nginx", package="nginx-light")
+    with Front(nginx, [instance.host for instance in instances], tmp_path_factory.mktemp("front")) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def server(request: pytest.FixtureRequest, azurite: Azurite,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Berth in its default mode (blob GETs redirect to a SAS URL on Azurite), as on Azure: three
+    instances behind a round-robin front, so one push's requests land on different instances.
+    BERTH_TEST_INSTANCES=1: one instance, addressed directly (for debugging)."""
+    if os.environ.get("BERTH_TEST_INSTANCES") == "1" or not _front_possible():
+        instance = start_server(azurite, tmp_path_factory.mktemp("redirect"), BERTH_BLOB_DELIVERY="redirect")
+        yield instance
+        stop_server(instance)
+        return
+    balancer: Front = request.getfixturevalue("front")
+    assert balancer.process is not None
+    # `process` and `log` are nginx's: its access log names the instance that served each request.
+    yield Server(balancer.url, balancer.host, balancer.process, balancer.access_log)
+
+
+def _front_possible() -> bool:
+    """Without nginx a local run falls back to one instance (and says so); CI requires it."""
+    if find_nginx() is not None or os.environ.get("CI"):
+        return True
+    warnings.warn("nginx is not installed: `server` is one Berth instance, not three behind a front",
+                  stacklevel=2)
+    return False
 
 
 @pytest.fixture(scope="session")
 def proxy_server(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Berth streaming blob bytes itself, over the same storage as `server`."""
     instance = start_server(azurite, tmp_path_factory.mktemp("proxy"), BERTH_BLOB_DELIVERY="proxy")
+    yield instance
+    stop_server(instance)
+
+
+@pytest.fixture(scope="module")
+def faulty_storage(azurite: Azurite) -> Iterator[FaultyStorage]:
+    """The session's Azurite behind fault proxies (blob and table) a test can stall, cut or slow."""
+    with FaultyStorage(azurite) as proxies:
+        yield proxies
+
+
+@pytest.fixture(scope="module")
+def faulty_server(faulty_storage: FaultyStorage, azurite: Azurite,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One Berth instance whose storage traffic goes through `faulty_storage`, with a short
+    per-call storage timeout, so trouble is answered within seconds."""
+    instance = start_server(azurite, tmp_path_factory.mktemp("faulty"),
+                            BERTH_STORAGE_CONNECTION_STRING=faulty_storage.connection_string,
+                            BERTH_STORAGE_TIMEOUT_SECONDS="2")
     yield instance
     stop_server(instance)
 
@@ -129,13 +188,14 @@ def storage(azurite: Azurite) -> StorageView:
     return StorageView(azurite.connection_string)
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str, package: str | None = None) -> str:
     """Path of a client binary; in CI a missing client is a failure, locally a skip."""
     from shutil import which
 
-    path = which(name)
+    # Debian puts some (nginx) in /usr/sbin, which is not on a non-root user's PATH.
+    path = which(name) or which(name, path="/usr/sbin:/sbin")
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is not installed; .ci/run installs it")
-        pytest.skip(f"{name} is not installed (apt-get install {name})")
+        pytest.skip(f"{name} is not installed (apt-get install {package or name})")
     return path

@@ -12,6 +12,7 @@ import pytest
 
 from tests.clients.layouts import image_layout, manifest_digest, multiarch_layout, read_blob
 from tests.conftest import Server, require_tool
+from tests.front import Front
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,21 @@ def test_pull_through_proxy_delivery(skopeo: str, server: Server, proxy_server: 
     copy(skopeo, f"oci:{tmp_path / 'src'}:v1", f"docker://{server.host}/{repo}:v1")
     copy(skopeo, f"docker://{proxy_server.host}/{repo}:v1", f"oci:{tmp_path / 'out'}:v1", "--preserve-digests")
     assert manifest_digest(tmp_path / "out", "v1") == pushed
+
+
+def test_push_through_front_spreads_over_instances(skopeo: str, front: Front, repo: str, tmp_path: Path) -> None:
+    pushed = image_layout(tmp_path / "src", "v1", [400_000, 200_000])
+    mark = front.mark()
+    copy(skopeo, f"oci:{tmp_path / 'src'}:v1", f"docker://{front.host}/{repo}:v1", "--preserve-digests")
+    # Requests nginx answered itself (upstream "") include skopeo's TLS probe of the http port.
+    served = [request for request in front.served_since(mark) if request.upstream]
+    assert {request.upstream for request in served} == set(front.backends), served
+    # Each upload session's PATCH and PUT name it in the URI; at least one session crossed instances.
+    sessions: dict[str, set[str]] = {}
+    for request in served:
+        if "/blobs/uploads/" in request.uri and request.method in ("PATCH", "PUT"):
+            session = request.uri.split("/blobs/uploads/", 1)[1].split("?", 1)[0]
+            sessions.setdefault(session, set()).add(request.upstream)
+    assert sessions and any(len(upstreams) > 1 for upstreams in sessions.values()), served
+    raw = run(skopeo, "inspect", "--tls-verify=false", "--raw", f"docker://{front.host}/{repo}:v1")
+    assert "sha256:" + hashlib.sha256(raw.encode()).hexdigest() == pushed
