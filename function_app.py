@@ -33,6 +33,12 @@ async def token_service(req: Request) -> Response:
     return await berth.handle(req)
 
 
+@app.route(route="health/{*path}", methods=["GET", "HEAD"])
+async def health(req: Request) -> Response:
+    """Probes: /health/live (the process answers) and /health/ready (storage answers)."""
+    return await berth.handle(req)
+
+
 @app.timer_trigger(schedule="0 17 * * * *", arg_name="timer", run_on_startup=False)
 async def purge_expired_uploads(timer: func.TimerRequest) -> None:
     """Hourly: remove upload sessions that expired unfinished, and their staged bytes."""

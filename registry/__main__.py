@@ -128,7 +128,7 @@ def with_store(work: Callable[[Context], Awaitable[int]]) -> int:
 
 def purge_uploads(args: argparse.Namespace) -> int:
     async def work(ctx: Context) -> int:
-        print(f"berth: purged {await ctx.store.purge_expired_uploads()} expired upload sessions")
+        print(f"berth: purged {await ctx.store.uploads.purge_expired()} expired upload sessions")
         return 0
 
     return with_store(work)

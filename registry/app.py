@@ -76,7 +76,7 @@ class BerthApplication:
         return await self.api.handle(request)
 
     async def purge_expired_uploads(self) -> int:
-        return await (await self.context()).store.purge_expired_uploads()
+        return await (await self.context()).store.uploads.purge_expired()
 
     async def close(self) -> None:
         if self._clients is not None:

@@ -31,6 +31,9 @@ class Settings:
     blocks_in_flight: int = 4
     max_manifest_bytes: int = 4 * MiB
     max_page_size: int = 1000
+    # Each storage call gives up after this long per attempt (one retry for reads), so a
+    # request with storage down answers 503 well inside the platform's 230 s.
+    storage_timeout_seconds: int = 10
     # Authentication (BERTH_AUTH=token): see README, "Authentication".
     auth: str = "none"
     local_data_dir: str = ".berth-data"  # local runs only: Azurite's data, the generated token key
@@ -125,6 +128,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         blocks_in_flight=_int(env, "BERTH_BLOCKS_IN_FLIGHT", 4, 1, 32),
         max_manifest_bytes=_int(env, "BERTH_MAX_MANIFEST_BYTES", 4 * MiB, 1024, 32 * MiB),
         max_page_size=_int(env, "BERTH_MAX_PAGE_SIZE", 1000, 1, 10000),
+        storage_timeout_seconds=_int(env, "BERTH_STORAGE_TIMEOUT_SECONDS", 10, 1, 60),
         auth=_choice(env, "BERTH_AUTH", "none", ("none", "token")),
         local_data_dir=env.get("BERTH_LOCAL_DATA_DIR") or ".berth-data",
         public_url=(env.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,

@@ -12,7 +12,7 @@ OCTET_STREAM = "application/octet-stream"
 
 
 async def head_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
-    blob = await ctx.store.stat_blob(name, parse_digest(digest))
+    blob = await ctx.store.blobs.stat(name, parse_digest(digest))
     return Response(
         b"",
         headers={
@@ -25,7 +25,7 @@ async def head_blob(request: Request, ctx: Context, name: str, digest: str) -> R
 
 
 async def get_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
-    blob = await ctx.store.stat_blob(name, parse_digest(digest))
+    blob = await ctx.store.blobs.stat(name, parse_digest(digest))
     digest_header = {"Docker-Content-Digest": str(blob.digest)}
     if ctx.settings.blob_delivery == "redirect":
         # Storage serves the bytes (and any Range) itself; we only hand out a short-lived URL.
@@ -43,5 +43,5 @@ async def get_blob(request: Request, ctx: Context, name: str, digest: str) -> Re
 
 
 async def delete_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
-    await ctx.store.delete_blob(name, parse_digest(digest))
+    await ctx.store.blobs.unlink(name, parse_digest(digest))
     return empty_response(202, {})

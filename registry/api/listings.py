@@ -31,7 +31,7 @@ async def catalog(request: Request, ctx: Context) -> Response:
 async def referrers(request: Request, ctx: Context, name: str, digest: str) -> Response:
     subject = parse_digest(digest)
     artifact_type = request.query_params.get("artifactType") or None
-    descriptors = await ctx.store.list_referrers(name, subject, artifact_type)
+    descriptors = await ctx.store.manifests.list_referrers(name, subject, artifact_type)
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else None
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
     return json_response(index, headers=headers, media_type=OCI_INDEX)

@@ -22,12 +22,12 @@ def _headers(digest: Digest, media_type: str, size: int) -> dict[str, str]:
 
 
 async def head_manifest(request: Request, ctx: Context, name: str, reference: str) -> Response:
-    stored = await ctx.store.get_manifest(name, parse_reference(reference), with_body=False)
+    stored = await ctx.store.manifests.get(name, parse_reference(reference), with_body=False)
     return Response(b"", headers=_headers(stored.digest, stored.media_type, stored.size))
 
 
 async def get_manifest(request: Request, ctx: Context, name: str, reference: str) -> Response:
-    stored = await ctx.store.get_manifest(name, parse_reference(reference))
+    stored = await ctx.store.manifests.get(name, parse_reference(reference))
     assert stored.body is not None
     return Response(stored.body, headers=_headers(stored.digest, stored.media_type, stored.size))
 
@@ -54,7 +54,7 @@ async def put_manifest(request: Request, ctx: Context, name: str, reference: str
 async def delete_manifest(request: Request, ctx: Context, name: str, reference: str) -> Response:
     parsed_reference = parse_reference(reference)
     if isinstance(parsed_reference, Digest):
-        await ctx.store.delete_manifest(name, parsed_reference)
+        await ctx.store.manifests.delete(name, parsed_reference)
     else:
-        await ctx.store.delete_tag(name, parsed_reference)
+        await ctx.store.manifests.delete_tag(name, parsed_reference)
     return empty_response(202, {})

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from registry.api import blobs, listings, manifests, token, uploads
+from registry.api import blobs, health, listings, manifests, token, uploads
 from registry.api.http import API_VERSION_HEADER, Context, error_response
 from registry.auth import Access, Authorizer
 from registry.oci.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNKNOWN, RegistryError
 from registry.oci.names import validate_name
+from registry.storage.errors import storage_failure
 
 log = logging.getLogger("berth.api")
 
@@ -67,7 +68,10 @@ ROUTES = [
     _route(f"/v2/{_NAME}/referrers/(?P<digest>[^/]+)", GET=(listings.referrers, PULL)),
     _route("/oauth2/token", GET=(token.get_token, None), POST=(token.post_token, None)),
     _route("/oauth2/exchange", POST=(token.exchange, None)),
+    _route("/health/ready", GET=(health.ready, None), HEAD=(health.ready, None)),
 ]
+# Routes that must answer without storage (or a context) at all.
+BARE_ROUTES: dict[str, Handler] = {"/health/live": health.live}
 
 
 def required_access(params: dict[str, str], actions: tuple[str, ...]) -> list[Access]:
@@ -99,14 +103,21 @@ class RegistryApi:
         except ClientDisconnect:
             log.info("client went away during %s %s", request.method, request.url.path)
             response = Response(b"", status_code=400)
-        except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.url.path)
-            response = error_response(RegistryError(UNKNOWN, "internal error; see the registry's log"), head)
+        except Exception as error:
+            unavailable = storage_failure(error)
+            if unavailable is not None:
+                log.warning("storage failed during %s %s: %r", request.method, request.url.path, error)
+                response = error_response(unavailable, head)
+            else:
+                log.exception("unhandled error in %s %s", request.method, request.url.path)
+                response = error_response(RegistryError(UNKNOWN, "internal error; see the registry's log"), head)
         response.headers.update(API_VERSION_HEADER)
         return response
 
     async def _dispatch(self, request: Request) -> Response:
         path = request.url.path
+        if path in BARE_ROUTES and request.method in ("GET", "HEAD"):
+            return await BARE_ROUTES[path](request)
         for route in ROUTES:
             match = route.pattern.match(path)
             if match is None:

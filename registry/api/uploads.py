@@ -1,14 +1,20 @@
-"""Blob uploads: POST /v2/<name>/blobs/uploads/ and the session at .../uploads/<id>."""
+"""Blob uploads: POST /v2/<name>/blobs/uploads/ and the session at .../uploads/<id>.
+
+Each request reads the upload's state from storage: the POST, PATCH and PUT of one push may
+reach three different instances.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from registry.api.http import Context, declared_length, empty_response
-from registry.oci.digest import Digest, parse_digest
+from registry.oci.digest import ALGORITHMS, parse_digest
 from registry.oci.errors import BLOB_UPLOAD_INVALID, DIGEST_INVALID, RANGE_INVALID, SIZE_INVALID, RegistryError
 from registry.oci.names import validate_name
 from registry.storage.registry_store import BlobInfo, UploadSession
@@ -37,6 +43,15 @@ def blob_created(name: str, blob: BlobInfo) -> Response:
     )
 
 
+def _digest_algorithm(request: Request) -> str:
+    """The POST's `digest-algorithm` (distribution-spec main): what the running hash computes."""
+    algorithm = request.query_params.get("digest-algorithm") or "sha256"
+    if algorithm not in ALGORITHMS:
+        raise RegistryError(DIGEST_INVALID, f"unsupported digest algorithm {algorithm[:40]!r}; "
+                            f"supported: {', '.join(ALGORITHMS)}")
+    return algorithm
+
+
 async def start_upload(request: Request, ctx: Context, name: str) -> Response:
     mount = request.query_params.get("mount")
     source = request.query_params.get("from")
@@ -45,60 +60,72 @@ async def start_upload(request: Request, ctx: Context, name: str) -> Response:
         # Mounting needs pull on the source; without it (or without the blob there) the
         # answer is a fresh session (202) and the client uploads the bytes instead.
         if request.state.grant.allows("repository", source, "pull"):
-            blob = await ctx.store.mount_blob(name, digest_to_mount, source)
+            blob = await ctx.store.blobs.mount(name, digest_to_mount, source)
             if blob is not None:
                 return blob_created(name, blob)
     digest_param = request.query_params.get("digest")
-    digest = parse_digest(digest_param) if digest_param is not None else None
-    session = await ctx.store.start_upload(name, caller(request))
-    if digest is None:
+    if digest_param is None:
+        session = await ctx.store.uploads.start(name, caller(request), _digest_algorithm(request))
         return empty_response(202, upload_headers(session))
-    # Monolithic upload: the whole blob is this request's body.
-    try:
-        session = await ctx.store.append_upload(session, request.stream(), declared_length(request), digest)
-        blob = await ctx.store.finish_upload(session, digest)
-    except BaseException:
-        await ctx.store.cancel_upload(session)
-        raise
-    return blob_created(name, blob)
+    # Monolithic upload: the whole blob is this request's body, so no session row is needed;
+    # a failure leaves nothing visible, and the client simply pushes again.
+    digest = parse_digest(digest_param)
+    session = ctx.store.uploads.fresh(name, caller(request), digest.algorithm)
+    index, session = await asyncio.gather(
+        ctx.store.blobs.index_entry(digest),
+        ctx.store.uploads.append(session, request.stream(), declared_length(request), digest),
+    )
+    return blob_created(name, await ctx.store.finish_upload(session, digest, index))
 
 
 async def upload_status(request: Request, ctx: Context, name: str, upload_id: str) -> Response:
-    session = await ctx.store.get_upload(name, upload_id, caller(request))
+    session = await ctx.store.uploads.open(name, upload_id, caller(request))
     return empty_response(204, upload_headers(session))
 
 
-async def _append_body(request: Request, ctx: Context, session: UploadSession,
-                       finishing: Digest | None = None) -> UploadSession:
-    """Append this request's body after checking Content-Range against the upload's offset."""
+def _chunk_bounds(request: Request) -> tuple[int | None, int | None]:
+    """(first byte, length) of this request's body: Content-Range checked against Content-Length."""
     expected = declared_length(request)
     content_range = request.headers.get("content-range")
-    if content_range:
-        match = _CONTENT_RANGE.match(content_range.strip())
-        if not match:
-            raise RegistryError(BLOB_UPLOAD_INVALID, f"malformed Content-Range {content_range[:60]!r}")
-        start, end = int(match.group(1)), int(match.group(2))
-        if start != session.offset or end < start:
-            raise RegistryError(
-                RANGE_INVALID,
-                f"chunk {start}-{end} does not continue the upload at offset {session.offset}",
-                headers=upload_headers(session),
-            )
-        if expected is not None and expected != end - start + 1:
-            raise RegistryError(SIZE_INVALID, f"Content-Range {start}-{end} disagrees with Content-Length {expected}")
-        expected = end - start + 1
+    if not content_range:
+        return None, expected
+    match = _CONTENT_RANGE.match(content_range.strip())
+    if not match:
+        raise RegistryError(BLOB_UPLOAD_INVALID, f"malformed Content-Range {content_range[:60]!r}")
+    start, end = int(match.group(1)), int(match.group(2))
+    if end < start:
+        raise RegistryError(BLOB_UPLOAD_INVALID, f"malformed Content-Range {content_range[:60]!r}")
+    if expected is not None and expected != end - start + 1:
+        raise RegistryError(SIZE_INVALID, f"Content-Range {start}-{end} disagrees with Content-Length {expected}")
+    return start, end - start + 1
+
+
+def _continues(first: int | None) -> Callable[[UploadSession], None]:
+    """The check that a chunk starting at `first` continues the upload where it stands."""
+    def check(session: UploadSession) -> None:
+        if first is not None and first != session.offset:
+            raise RegistryError(RANGE_INVALID, f"chunk at {first} does not continue the upload at offset "
+                                f"{session.offset}", headers=upload_headers(session))
+    return check
+
+
+async def _reporting_range(request: Request, ctx: Context, name: str, upload_id: str,
+                           append: Awaitable[UploadSession]) -> UploadSession:
+    """Run an append; a 416 from a lost race tells the client where the upload now stands."""
     try:
-        return await ctx.store.append_upload(session, request.stream(), expected, finishing)
+        return await append
     except RegistryError as error:
-        if error.error is RANGE_INVALID:
-            current = await ctx.store.get_upload(session.repository, session.id, caller(request))
+        if error.error is RANGE_INVALID and "Range" not in error.headers:
+            current = await ctx.store.uploads.open(name, upload_id, caller(request))
             error.headers.update(upload_headers(current))
         raise
 
 
 async def patch_upload(request: Request, ctx: Context, name: str, upload_id: str) -> Response:
-    session = await ctx.store.get_upload(name, upload_id, caller(request))
-    session = await _append_body(request, ctx, session)
+    first, length = _chunk_bounds(request)
+    append = ctx.store.uploads.open_and_append(name, upload_id, caller(request), request.stream(), length,
+                                               check=_continues(first))
+    session = await _reporting_range(request, ctx, name, upload_id, append)
     return empty_response(202, upload_headers(session))
 
 
@@ -107,13 +134,21 @@ async def finish_upload(request: Request, ctx: Context, name: str, upload_id: st
     if not digest_param:
         raise RegistryError(DIGEST_INVALID, "the closing PUT needs ?digest=")
     digest = parse_digest(digest_param)
-    session = await ctx.store.get_upload(name, upload_id, caller(request))
-    session = await _append_body(request, ctx, session, digest)
-    blob = await ctx.store.finish_upload(session, digest)
+    # A finished upload may be finished again (a retried PUT): publishing is idempotent.
+    session, index = await asyncio.gather(
+        ctx.store.uploads.open(name, upload_id, caller(request), finished_ok=True),
+        ctx.store.blobs.index_entry(digest),
+    )
+    if session.sealed_digest is None:
+        first, length = _chunk_bounds(request)
+        _continues(first)(session)
+        append = ctx.store.uploads.append(session, request.stream(), length, digest)
+        session = await _reporting_range(request, ctx, name, upload_id, append)
+    blob = await ctx.store.finish_upload(session, digest, index)
     return blob_created(name, blob)
 
 
 async def cancel_upload(request: Request, ctx: Context, name: str, upload_id: str) -> Response:
-    session = await ctx.store.get_upload(name, upload_id, caller(request))
-    await ctx.store.cancel_upload(session)
+    session = await ctx.store.uploads.open(name, upload_id, caller(request))
+    await ctx.store.uploads.cancel(session)
     return empty_response(204, {})

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.data.tables.aio import TableServiceClient
-from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
 from registry.settings import MiB, Settings
 from registry.storage.point_reads import TablePointReader
@@ -30,8 +30,23 @@ class StorageClients:
         await self.session.close()
 
 
-def _transport(session: aiohttp.ClientSession) -> AioHttpTransport:
-    return AioHttpTransport(session=session, session_owner=False)
+def _transport(session: aiohttp.ClientSession, timeout: int) -> AioHttpTransport:
+    # Per attempt: connect and each socket read are bounded, so a stalled storage fails fast.
+    return AioHttpTransport(session=session, session_owner=False, connection_timeout=timeout,
+                            read_timeout=timeout)
+
+
+def _retries(settings: Settings) -> dict[str, Any]:
+    """One quick retry per call: a blip is absorbed, an outage becomes a 503 within seconds.
+
+    Writes may be retried too because each is idempotent or checks, on a conflict, whether
+    the change it meets is its own (content.py, uploads.py).
+    """
+    return {
+        "blob": {"retry_policy": ExponentialRetry(initial_backoff=0.5, increment_base=2, retry_total=1,
+                                                  random_jitter_range=0.5)},
+        "table": {"retry_total": 1, "retry_backoff_factor": 0.5, "retry_backoff_max": 2},
+    }
 
 
 def create_clients(settings: Settings) -> StorageClients:
@@ -40,18 +55,20 @@ def create_clients(settings: Settings) -> StorageClients:
     A shared session with trust_env off avoids per-request .netrc/proxy lookups that the
     SDK's default transport repeats on every call (see LOCAL-AZURE-NOTES: ~2.5x throughput).
     """
+    timeout = settings.storage_timeout_seconds
     session = aiohttp.ClientSession(
         trust_env=False,
         connector=aiohttp.TCPConnector(limit=256, limit_per_host=128),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
     )
-    blob_options = {"max_single_get_size": 32 * MiB, "max_chunk_get_size": 8 * MiB}
+    retries = _retries(settings)
+    blob_options = {"max_single_get_size": 32 * MiB, "max_chunk_get_size": 8 * MiB, **retries["blob"]}
     if settings.storage_connection_string:
         blob = BlobServiceClient.from_connection_string(
-            settings.storage_connection_string, transport=_transport(session), **blob_options
+            settings.storage_connection_string, transport=_transport(session, timeout), **blob_options
         )
         table = TableServiceClient.from_connection_string(
-            settings.storage_connection_string, transport=_transport(session)
+            settings.storage_connection_string, transport=_transport(session, timeout), **retries["table"]
         )
         key = table.credential.named_key.key if hasattr(table.credential, "named_key") else None
         reader = TablePointReader(session, table.url, table.account_name, account_key=key)
@@ -66,8 +83,9 @@ def create_clients(settings: Settings) -> StorageClients:
         else DefaultAzureCredential()
     )
     blob = BlobServiceClient(
-        settings.blob_endpoint, credential=credential, transport=_transport(session), **blob_options
+        settings.blob_endpoint, credential=credential, transport=_transport(session, timeout), **blob_options
     )
-    table = TableServiceClient(settings.table_endpoint, credential=credential, transport=_transport(session))
+    table = TableServiceClient(settings.table_endpoint, credential=credential,
+                               transport=_transport(session, timeout), **retries["table"])
     reader = TablePointReader(session, table.url, table.account_name, credential=credential)
     return StorageClients(blob, table, session, reader, credential)

@@ -1,29 +1,47 @@
-"""Blob bytes in Blob Storage: streamed block uploads, ranged reads, read-only SAS links."""
+"""Blob bytes in Blob Storage: streamed block uploads, conditional writes, reads, SAS links.
+
+Every write that can race is conditional on the etag the caller read (or on the blob's
+absence), and carries a one-off `commit` marker in the blob's metadata: when a write's answer
+is lost (a timeout, or the SDK's own retry then meeting its first attempt's change), one stat
+tells whether the change that is there is ours.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.storage.blob import BlobBlock, BlobSasPermissions, BlockState, generate_blob_sas
-from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
 # Upload blobs are named by their session id; finished blobs keep that name (no copy).
 UPLOAD_PREFIX = "data/"
 MANIFEST_PREFIX = "manifests/"
-# A finished upload's blob carries this; sealing changes its etag, so stale appends fail.
-SEALED = {"berth": "sealed"}
+COMMIT_MARK = "commit"
 
 
-class ConcurrentAppend(Exception):
-    """Another request changed the upload's blob first."""
+@dataclass(frozen=True)
+class BlobState:
+    size: int
+    etag: str
+    metadata: dict[str, str]
+
+
+class BlobChanged(Exception):
+    """The blob is not the version the caller read: changed, created or deleted since."""
 
 
 class LengthMismatch(Exception):
@@ -35,13 +53,34 @@ class LengthMismatch(Exception):
         self.received = received
 
 
+def _condition(etag: str | None) -> dict[str, Any]:
+    """If-Match the version read, or If-None-Match * when there was none."""
+    if etag is None:
+        return {"match_condition": MatchConditions.IfMissing}
+    return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+
+
+_CONFLICTS = (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError)
+
+
+def _discard(task: asyncio.Future[Any] | None) -> None:
+    """Cancel a helper task we no longer need, and never leave its failure unretrieved."""
+    if task is None:
+        return
+    task.cancel()
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
 class ContentStore:
     def __init__(self, service: BlobServiceClient, container: str, block_size: int, blocks_in_flight: int,
-                 session: aiohttp.ClientSession):
+                 session: aiohttp.ClientSession, block_timeout: float = 60):
         self._service = service
+        # Socket reads are bounded by the transport; a storage that stops reading our upload
+        # is not, so each staged block gets a deadline of its own.
+        self._block_timeout = block_timeout
         self._session = session
         self._container: ContainerClient = service.get_container_client(container)
-        self._block_size = block_size
+        self.block_size = block_size
         self._blocks_in_flight = blocks_in_flight
         self._delegation_key: Any = None
         self._delegation_key_expiry = datetime.min.replace(tzinfo=UTC)
@@ -52,24 +91,44 @@ class ContentStore:
         except ResourceExistsError:
             pass
 
+    async def check(self) -> None:
+        """Raises unless the container answers (readiness)."""
+        await self._container.get_container_properties()
+
     async def append(
         self,
         name: str,
         chunks: AsyncIterator[bytes],
-        etag: str | None,
+        base: Awaitable[str | None],
+        metadata: Callable[[], tuple[dict[str, str], bool]],
         expected_length: int | None = None,
-        seal_if: Callable[[], bool] | None = None,
-    ) -> tuple[str, int, bool]:
+    ) -> tuple[str, int]:
         """Stage the stream as blocks, then commit them after the blob's existing blocks.
 
-        Nothing is committed unless the whole stream arrived; the commit is conditional on
-        the blob's etag so that two appends at the same offset cannot both win. `seal_if`,
-        asked once all bytes are staged, may seal the blob in the same commit (or raise to
-        commit nothing). Returns (new etag, bytes appended, sealed).
+        `base` gives the version to append to (its etag; None: the blob must not exist yet)
+        and may still be in flight while blocks stage: staging needs only the blob's name.
+        Nothing is committed unless the whole stream arrived, and the commit is conditional
+        on that version, so two appends at the same offset cannot both win. `metadata`, asked
+        once every byte is staged, gives the blob's metadata for the commit and whether to
+        write it even when no bytes came (or raises to commit nothing).
+        Returns (new etag, bytes appended).
         """
         blob = self._container.get_blob_client(name)
         staged: list[str] = []
         in_flight: set[asyncio.Task[Any]] = set()
+        base_task: asyncio.Future[str | None] = asyncio.ensure_future(base)
+
+        async def committed_blocks() -> list[BlobBlock]:
+            # The blocks already committed, fetched while the new ones stage.
+            if await base_task is None:
+                return []
+            try:
+                existing, _ = await blob.get_block_list("committed")
+            except ResourceNotFoundError:
+                raise BlobChanged(f"{name} is gone") from None
+            return [BlobBlock(b.id, BlockState.COMMITTED) for b in existing]
+
+        committed = asyncio.create_task(committed_blocks())
         buffer = bytearray()
         total = 0
 
@@ -81,7 +140,8 @@ class ContentStore:
                     task.result()
             block_id = secrets.token_hex(16)
             staged.append(block_id)
-            in_flight.add(asyncio.create_task(blob.stage_block(block_id, io.BytesIO(data), length=len(data))))
+            stage = blob.stage_block(block_id, io.BytesIO(data), length=len(data))
+            in_flight.add(asyncio.create_task(asyncio.wait_for(stage, self._block_timeout)))
 
         try:
             async for chunk in chunks:
@@ -89,9 +149,9 @@ class ContentStore:
                     continue
                 total += len(chunk)
                 buffer += chunk
-                while len(buffer) >= self._block_size:
-                    block = bytes(buffer[: self._block_size])
-                    del buffer[: self._block_size]
+                while len(buffer) >= self.block_size:
+                    block = bytes(buffer[: self.block_size])
+                    del buffer[: self.block_size]
                     await launch(block)
             if buffer:
                 await launch(bytes(buffer))
@@ -99,49 +159,66 @@ class ContentStore:
                 await asyncio.gather(*in_flight)
             if expected_length is not None and total != expected_length:
                 raise LengthMismatch(expected_length, total)
+            etag = await base_task
+            new_metadata, write_if_empty = metadata()
+            if etag is not None and not staged:
+                _discard(committed)
+                if not write_if_empty:
+                    return etag, 0
+                return await self.set_metadata(name, new_metadata, etag), 0
+            blocks = await committed
         except BaseException:
-            for task in in_flight:
-                task.cancel()
+            for task in [*in_flight, committed, base_task]:
+                _discard(task)
             raise
-
-        sealed = seal_if() if seal_if is not None else False
-        if etag is not None and not staged:
-            return etag, 0, False
-        blocks: list[BlobBlock] = []
-        if etag is not None:
-            committed, _ = await blob.get_block_list("committed")
-            blocks = [BlobBlock(b.id, BlockState.COMMITTED) for b in committed]
         blocks += [BlobBlock(block_id, BlockState.UNCOMMITTED) for block_id in staged]
-        conditions: dict[str, Any] = (
-            {"match_condition": MatchConditions.IfMissing}
-            if etag is None
-            else {"etag": etag, "match_condition": MatchConditions.IfNotModified}
-        )
-        metadata = SEALED if sealed else None
-        try:
-            result = await blob.commit_block_list(blocks, metadata=metadata, **conditions)
-        except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError) as error:
-            raise ConcurrentAppend(str(error)) from error
-        return result["etag"], total, sealed
+        return await self._commit(blob, blocks, new_metadata, etag), total
 
-    async def stat(self, name: str) -> tuple[int, str, bool] | None:
-        """(size, etag, sealed) of a blob, or None if there is none."""
+    async def truncate(self, name: str, metadata: dict[str, str], etag: str | None) -> str:
+        """Replace the blob by an empty one with `metadata` (its bytes are freed); conditional."""
+        return await self._commit(self._container.get_blob_client(name), [], metadata, etag)
+
+    async def _commit(self, blob: BlobClient, blocks: list[BlobBlock], metadata: dict[str, str],
+                      etag: str | None) -> str:
+        marked = {**metadata, COMMIT_MARK: secrets.token_hex(8)}
+        try:
+            result = await blob.commit_block_list(blocks, metadata=marked, **_condition(etag))
+        except _CONFLICTS as error:
+            return await self._ours_or_raise(blob.blob_name, marked, error)
+        return result["etag"]
+
+    async def set_metadata(self, name: str, metadata: dict[str, str], etag: str | None) -> str:
+        """Write the blob's metadata (None: create it empty); conditional; returns the new etag."""
+        if etag is None:
+            return await self.truncate(name, metadata, None)
+        marked = {**metadata, COMMIT_MARK: secrets.token_hex(8)}
+        try:
+            result = await self._container.get_blob_client(name).set_blob_metadata(marked, **_condition(etag))
+        except _CONFLICTS as error:
+            return await self._ours_or_raise(name, marked, error)
+        return result["etag"]
+
+    async def _ours_or_raise(self, name: str, marked: dict[str, str], error: Exception) -> str:
+        """After a failed condition: the etag if the blob holds our own write, else BlobChanged."""
+        state = await self.stat(name)
+        if state is not None and state.metadata.get(COMMIT_MARK) == marked[COMMIT_MARK]:
+            return state.etag
+        raise BlobChanged(str(error)) from error
+
+    async def stat(self, name: str) -> BlobState | None:
+        """Size, etag and metadata of a blob, or None if there is none."""
         try:
             properties = await self._container.get_blob_client(name).get_blob_properties()
         except ResourceNotFoundError:
             return None
-        return properties.size, properties.etag, properties.metadata.get("berth") == "sealed"
+        return BlobState(properties.size, properties.etag, dict(properties.metadata or {}))
 
-    async def read(self, name: str, offset: int = 0, length: int | None = None,
-                   etag: str | None = None) -> AsyncIterator[bytes]:
-        """The blob's bytes; with `etag`, only if it is still that version (else ConcurrentAppend)."""
-        conditions: dict[str, Any] = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+    async def read(self, name: str, etag: str) -> AsyncIterator[bytes]:
+        """The blob's bytes, only while it is still version `etag` (else BlobChanged)."""
         try:
-            downloader = await self._container.get_blob_client(name).download_blob(
-                offset=offset, length=length, **conditions
-            )
-        except ResourceModifiedError as error:
-            raise ConcurrentAppend(str(error)) from error
+            downloader = await self._container.get_blob_client(name).download_blob(**_condition(etag))
+        except _CONFLICTS as error:
+            raise BlobChanged(str(error)) from error
         async for chunk in downloader.chunks():
             yield chunk
 
@@ -159,33 +236,32 @@ class ContentStore:
             headers["Range"] = f"bytes={offset}-{end}"
         async with self._session.get(url, headers=headers) as response:
             if response.status not in (200, 206):
-                raise HttpResponseError(f"reading {name} failed: {response.status}")
+                error = HttpResponseError(f"reading {name} failed: {response.status}")
+                error.status_code = response.status
+                raise error
             async for chunk in response.content.iter_chunked(1024 * 1024):
                 yield chunk
-
-    async def seal(self, name: str, etag: str | None) -> None:
-        """Mark a finished upload's blob; conditional on `etag`, and it changes the etag."""
-        blob = self._container.get_blob_client(name)
-        try:
-            if etag is None:  # nothing was ever appended: the blob is the empty one
-                await blob.commit_block_list([], metadata=SEALED, match_condition=MatchConditions.IfMissing)
-            else:
-                await blob.set_blob_metadata(SEALED, etag=etag, match_condition=MatchConditions.IfNotModified)
-        except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError) as error:
-            raise ConcurrentAppend(str(error)) from error
 
     async def read_all(self, name: str) -> bytes:
         downloader = await self._container.get_blob_client(name).download_blob()
         return await downloader.readall()
 
-    async def put(self, name: str, data: bytes) -> None:
-        await self._container.get_blob_client(name).upload_blob(io.BytesIO(data), length=len(data), overwrite=True)
-
-    async def delete(self, name: str) -> None:
+    async def put_once(self, name: str, data: bytes) -> None:
+        """Store content-addressed bytes; a blob already there holds the same bytes."""
         try:
-            await self._container.get_blob_client(name).delete_blob()
-        except ResourceNotFoundError:
+            await self._container.get_blob_client(name).upload_blob(
+                io.BytesIO(data), length=len(data), **_condition(None)
+            )
+        except ResourceExistsError:
             pass
+
+    async def delete(self, name: str, etag: str) -> bool:
+        """Delete the blob if it is still version `etag`; False if it changed or is gone."""
+        try:
+            await self._container.get_blob_client(name).delete_blob(**_condition(etag))
+        except _CONFLICTS:
+            return False
+        return True
 
     async def read_url(self, name: str, ttl_seconds: int) -> str:
         """A URL that lets its holder read this one blob for ttl_seconds, and nothing else."""

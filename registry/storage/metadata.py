@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from registry.storage.errors import unavailable
 from registry.storage.point_reads import TablePointReader
 
 MANIFEST = "m:"
@@ -69,6 +70,10 @@ class MetadataStore:
             except ResourceExistsError:
                 pass
 
+    async def check(self) -> None:
+        """Raises unless the table service answers (readiness): a read of a row that need not exist."""
+        await self._reader.get(self.repos.table_name, "readiness", "probe")
+
     async def read_fast(self, table: TableClient, partition: str, row: str) -> dict[str, Any] | None:
         """A hot-path point read (no etag/metadata; Int64 and Binary decoded, dates left as text)."""
         return await self._reader.get(table.table_name, partition, row)
@@ -82,13 +87,22 @@ class MetadataStore:
 
     @staticmethod
     async def delete(table: TableClient, partition: str, row: str) -> bool:
-        """Delete one row; False if there was none (the service's delete ignores absence)."""
-        existing = await MetadataStore.get(table, partition, row)
-        if existing is None:
-            return False
-        await table.delete_entity(partition, row, etag=existing.metadata["etag"],
-                                  match_condition=MatchConditions.IfNotModified)
-        return True
+        """Delete one row as it is now; False if there is none.
+
+        Conditional on the version read: a row rewritten meanwhile is read again, so the
+        delete applies to what is there, never half to an old version and half to a new one.
+        """
+        for _ in range(3):
+            existing = await MetadataStore.get(table, partition, row)
+            if existing is None:
+                return False
+            try:
+                await table.delete_entity(partition, row, etag=existing.metadata["etag"],
+                                          match_condition=MatchConditions.IfNotModified)
+            except ResourceModifiedError:
+                continue
+            return True
+        raise unavailable(f"{row} kept changing while it was deleted")
 
     @staticmethod
     async def scan(
@@ -116,8 +130,9 @@ class MetadataStore:
                 return
 
     @staticmethod
-    async def transact(table: TableClient, operations: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        batch: list[tuple[str, dict[str, Any]]] = []
+    async def transact(table: TableClient, operations: Iterable[tuple[Any, ...]]) -> None:
+        """Entity-group transactions of at most MAX_BATCH operations each, in order."""
+        batch: list[tuple[Any, ...]] = []
         for operation in operations:
             batch.append(operation)
             if len(batch) == MAX_BATCH:

@@ -59,13 +59,21 @@ class TablePointReader:
             "DataServiceVersion": "3.0",
         }
         headers["Authorization"] = await self._authorization(url, headers["x-ms-date"])
-        async with self._session.get(url, headers=headers) as response:
-            if response.status == 404:
-                return None
-            if response.status != 200:
-                raise HttpResponseError(f"table read {table}/{row} failed: {response.status} "
-                                        f"{(await response.text())[:300]}")
-            return _decode(await response.json(content_type=None))
+        for attempt in range(2):  # a read is idempotent: one retry absorbs a dropped connection
+            try:
+                async with self._session.get(url, headers=headers) as response:
+                    if response.status == 404:
+                        return None
+                    if response.status != 200:
+                        error = HttpResponseError(f"table read {table}/{row} failed: {response.status} "
+                                                  f"{(await response.text())[:300]}")
+                        error.status_code = response.status
+                        raise error
+                    return _decode(await response.json(content_type=None))
+            except (TimeoutError, aiohttp.ClientConnectionError):
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _authorization(self, url: URL, date: str) -> str:
         if self._key is not None:
