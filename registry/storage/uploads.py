@@ -101,12 +101,15 @@ class UploadStore:
         """The session as storage has it, if it is `owner`'s and open (or, with `finished_ok`,
         sealed); anyone else cannot even learn that it exists."""
         row, blob = await asyncio.gather(
-            self._metadata.get(self._metadata.repos, repository_key(repository), UPLOAD + upload_id),
+            self._metadata.read_fast(self._metadata.repos, repository_key(repository), UPLOAD + upload_id),
             self._content.stat(UPLOAD_PREFIX + upload_id),
         )
-        if row is None or row["expires"] < _now() or row.get("owner") != owner:
+        if row is None or row.get("owner") != owner:
             raise _unknown()
-        session = UploadSession(repository, upload_id, owner, row["expires"], row.get("algorithm") or "sha256",
+        expires = datetime.fromisoformat(row["expires"])  # the fast read leaves dates as ISO text
+        if expires < _now():
+            raise _unknown()
+        session = UploadSession(repository, upload_id, owner, expires, row.get("algorithm") or "sha256",
                                 0, None, None)
         if blob is None:
             return session
