@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the side-by-side benchmark (Berth redirect + proxy, the CNCF registry, the storage floor)
-# and writes bench/results/<date>.md and .json. Usage: bench/run.sh [--repetitions 3] [--quick]
+# and writes bench/results/<date>.md and .json. Usage: bench/run.sh [--repetitions 3] [--big-mib 256] [--small 50] [--seconds 30]
+# The cross-instance push (1 GiB layer, POST/PATCH/PUT on three instances) is separate:
+#   .venv/bin/python -m bench.cross_instance [--size-mib 1024] [--repetitions 3] [--before REF]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools=(skopeo wrk docker-registry curl)

@@ -31,7 +31,9 @@ class Target:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_berth(azurite: Azurite, delivery: str, log: Path) -> Target:
+def start_berth(azurite: Azurite, delivery: str, log: Path, root: Path = PROJECT_ROOT,
+                log_level: str = "warning", access_log: bool = False) -> Target:
+    """Berth serving from the checkout at `root` (this one by default) on a free loopback port."""
     port = free_port()
     env = {
         **os.environ,
@@ -41,8 +43,8 @@ def start_berth(azurite: Azurite, delivery: str, log: Path) -> Target:
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "registry", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
-        cwd=PROJECT_ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+         "--log-level", log_level] + (["--access-log"] if access_log else []),
+        cwd=root, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     target = Target(f"berth-{delivery}", f"127.0.0.1:{port}", process)
     wait_until_serving(f"{target.url}/v2/", process, target.name)
