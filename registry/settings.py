@@ -31,9 +31,14 @@ class Settings:
     blocks_in_flight: int = 4
     max_manifest_bytes: int = 4 * MiB
     max_page_size: int = 1000
-    # Each storage call gives up after this long per attempt (one retry for reads), so a
+    # Each storage call gives up after this long per attempt (with one quick retry), so a
     # request with storage down answers 503 well inside the platform's 230 s.
     storage_timeout_seconds: int = 10
+
+    @property
+    def request_budget_seconds(self) -> int:
+        """The most a request may take that does not wait on a client's upload (then 503)."""
+        return 6 * self.storage_timeout_seconds
     # Authentication (BERTH_AUTH=token): see README, "Authentication".
     auth: str = "none"
     local_data_dir: str = ".berth-data"  # local runs only: Azurite's data, the generated token key

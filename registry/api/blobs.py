@@ -35,11 +35,12 @@ async def get_blob(request: Request, ctx: Context, name: str, digest: str) -> Re
     headers = {**digest_header, "Content-Type": OCTET_STREAM, "Accept-Ranges": "bytes"}
     if byte_range is None:
         headers["Content-Length"] = str(blob.size)
-        return StreamingResponse(ctx.store.read_blob(blob), headers=headers)
+        return StreamingResponse(await ctx.store.read_blob(blob), headers=headers)
     start, end = byte_range
     headers["Content-Length"] = str(end - start + 1)
     headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
-    return StreamingResponse(ctx.store.read_blob(blob, start, end - start + 1), status_code=206, headers=headers)
+    body = await ctx.store.read_blob(blob, start, end - start + 1)
+    return StreamingResponse(body, status_code=206, headers=headers)
 
 
 async def delete_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:

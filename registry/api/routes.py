@@ -6,6 +6,7 @@ handler runs, and no handler can forget it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from registry.api.http import API_VERSION_HEADER, Context, error_response
 from registry.auth import Access, Authorizer
 from registry.oci.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNKNOWN, RegistryError
 from registry.oci.names import validate_name
-from registry.storage.errors import storage_failure
+from registry.storage.errors import storage_failure, unavailable
 
 log = logging.getLogger("berth.api")
 
@@ -70,6 +71,9 @@ ROUTES = [
     _route("/oauth2/exchange", POST=(token.exchange, None)),
     _route("/health/ready", GET=(health.ready, None), HEAD=(health.ready, None)),
 ]
+# Handlers whose time follows the client's upload: each storage call they make is bounded, the
+# whole request is not. Every other handler answers within Settings.request_budget_seconds.
+CLIENT_PACED = {uploads.start_upload, uploads.patch_upload, uploads.finish_upload}
 # Routes that must answer without storage (or a context) at all.
 BARE_ROUTES: dict[str, Handler] = {"/health/live": health.live}
 
@@ -133,5 +137,12 @@ class RegistryApi:
             if actions is not None:
                 grant = await self._authorizer.authorize(request, required_access(params, actions))
                 request.state.grant = grant
-            return await handler(request, await self._context_factory(), **params)
+            context = await self._context_factory()
+            if handler in CLIENT_PACED:
+                return await handler(request, context, **params)
+            try:
+                return await asyncio.wait_for(handler(request, context, **params),
+                                              context.settings.request_budget_seconds)
+            except TimeoutError:
+                raise unavailable(f"no answer within {context.settings.request_budget_seconds} s") from None
         raise RegistryError(NOT_FOUND, f"no registry endpoint at {path[:200]}")

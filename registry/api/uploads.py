@@ -6,7 +6,6 @@ reach three different instances.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable
 
@@ -71,11 +70,8 @@ async def start_upload(request: Request, ctx: Context, name: str) -> Response:
     # a failure leaves nothing visible, and the client simply pushes again.
     digest = parse_digest(digest_param)
     session = ctx.store.uploads.fresh(name, caller(request), digest.algorithm)
-    index, session = await asyncio.gather(
-        ctx.store.blobs.index_entry(digest),
-        ctx.store.uploads.append(session, request.stream(), declared_length(request), digest),
-    )
-    return blob_created(name, await ctx.store.finish_upload(session, digest, index))
+    session = await ctx.store.uploads.append(session, request.stream(), declared_length(request), digest)
+    return blob_created(name, await ctx.store.finish_upload(session, digest))
 
 
 async def upload_status(request: Request, ctx: Context, name: str, upload_id: str) -> Response:
@@ -134,18 +130,30 @@ async def finish_upload(request: Request, ctx: Context, name: str, upload_id: st
     if not digest_param:
         raise RegistryError(DIGEST_INVALID, "the closing PUT needs ?digest=")
     digest = parse_digest(digest_param)
+    owner = caller(request)
+    without_body = _has_no_body(request)
     # A finished upload may be finished again (a retried PUT): publishing is idempotent.
-    session, index = await asyncio.gather(
-        ctx.store.uploads.open(name, upload_id, caller(request), finished_ok=True),
-        ctx.store.blobs.index_entry(digest),
-    )
-    if session.sealed_digest is None:
+    session = ctx.store.uploads.hint(name, upload_id, owner) if without_body else None
+    session = session or await ctx.store.uploads.open(name, upload_id, owner, finished_ok=True)
+    if session.sealed_digest is None and not without_body:
         first, length = _chunk_bounds(request)
         _continues(first)(session)
-        append = ctx.store.uploads.append(session, request.stream(), length, digest)
-        session = await _reporting_range(request, ctx, name, upload_id, append)
-    blob = await ctx.store.finish_upload(session, digest, index)
+        try:
+            session = await ctx.store.uploads.append(session, request.stream(), length, digest)
+        except RegistryError as error:
+            if error.error is not RANGE_INVALID:
+                raise
+            # Lost a race: if another request finished the upload as this digest, so be it.
+            session = await ctx.store.uploads.open(name, upload_id, owner, finished_ok=True)
+            if session.sealed_digest != str(digest):
+                error.headers.update(upload_headers(session))
+                raise
+    blob = await ctx.store.finish_upload(session, digest)
     return blob_created(name, blob)
+
+
+def _has_no_body(request: Request) -> bool:
+    return request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers
 
 
 async def cancel_upload(request: Request, ctx: Context, name: str, upload_id: str) -> Response:

@@ -1,13 +1,15 @@
 """Blobs as repositories see them: links (`b:<digest>` rows), the global digest index, mounts.
 
-Where the bytes of a digest live is decided by the digest index, once; a link names the
-location its push settled on. The rules that keep every link readable on many instances:
-- an index row or a link only ever names a sealed blob whose metadata carries that digest;
+Where the bytes of a digest live is decided by the digest index; a link names the blob its
+push settled on. The rules that keep every link readable on many instances:
+- nothing is trusted for being in the index: before a push relies on the blob an index row
+  names, it checks that the blob is sealed with that digest and size (`holds`);
 - the index row is created once (If-None-Match) and replaced only when the blob it names is
   no longer valid (If-Match on the row, after the replacement blob was claimed by a write
   that changes its etag);
-- a push drops its own copy only when the index names another valid copy, and only with an
-  etag condition, so a copy that anything may have linked meanwhile is never deleted.
+- a link is written only after the index was read or created, and names the blob the index
+  names then; so a copy the index does not name was never linked, and a push drops its own
+  copy only in that case (conditional on the copy's etag).
 """
 
 from __future__ import annotations
@@ -24,13 +26,17 @@ from registry.oci.digest import Digest
 from registry.oci.errors import BLOB_UNKNOWN, RegistryError
 from registry.storage.content import BlobChanged, BlobState, ContentStore
 from registry.storage.errors import unavailable
-from registry.storage.metadata import BLOB, MetadataStore, int64, read_int, repository_key
+from registry.storage.metadata import BLOB, MetadataStore, etag_of, int64, read_int, repository_key
 
 # A finished upload's blob says so in its metadata; sealing changes its etag, so no stale
 # append or cancel (both conditional on the etag they read) can touch verified bytes.
 STATE = "berth"
 SEALED = "sealed"
 DIGEST = "digest"
+# A finished upload whose bytes were dropped because an identical copy was already indexed;
+# LENGTH keeps the size it had. It answers a repeated closing PUT, then the purge removes it.
+DROPPED = "dropped"
+LENGTH = "length"
 
 
 @dataclass(frozen=True)
@@ -75,10 +81,13 @@ class BlobStore:
             raise RegistryError(BLOB_UNKNOWN, f"blob {digest} is not in repository {repository}")
 
     async def mount(self, repository: str, digest: Digest, source: str) -> BlobInfo | None:
-        """Link a blob that `source` already has into `repository`; None if it has none."""
+        """Link a blob that `source` already has into `repository`; None if it has none (or its
+        link names bytes that are not there: the client then uploads them)."""
         try:
             blob = await self.stat(source, digest)
         except RegistryError:
+            return None
+        if not holds(await self._content.stat(blob.location), digest, blob.size):
             return None
         await self._link(repository, blob)
         return blob
@@ -94,46 +103,63 @@ class BlobStore:
         })
 
     async def index_entry(self, digest: Digest) -> IndexEntry | None:
-        row = await self._metadata.get(self._metadata.digests, str(digest), "")
+        row = await self._metadata.read_fast(self._metadata.digests, str(digest), "")
         if row is None:
             return None
-        return IndexEntry(row["location"], read_int(row, "size"), row.metadata["etag"])
+        return IndexEntry(row["location"], read_int(row, "size"), etag_of(row))
+
+    async def claim(self, digest: Digest, size: int, location: str) -> IndexEntry:
+        """The digest's index row: created now naming `location` if there was none, else the
+        row that is there (which `publish` then checks before it trusts it)."""
+        entity = {"PartitionKey": str(digest), "RowKey": "", "size": int64(size), "location": location,
+                  "created": datetime.now(UTC)}
+        for _ in range(3):
+            try:
+                created = await self._metadata.digests.create_entity(entity)
+            except ResourceExistsError:  # also what an SDK retry of our own create meets
+                existing = await self.index_entry(digest)
+                if existing is not None:
+                    return existing
+                continue
+            return IndexEntry(location, size, created["etag"])
+        raise unavailable("the digest index kept changing")
 
     async def publish(self, repository: str, digest: Digest, sealed: BlobState, location: str,
-                      index: IndexEntry | None) -> BlobInfo:
-        """Make a sealed upload blob `digest` of `repository`, deduplicated where that is safe.
+                      index: IndexEntry, has_session: bool) -> BlobInfo:
+        """Link a sealed upload blob into `repository` as `digest`, deduplicated where safe.
 
-        `index` is the digest index row as read before the upload was sealed (None: none).
+        `index` is what `claim` found. A link only ever names the blob the index names at that
+        moment, and the index moves away from a blob only once that blob is no longer valid;
+        so a copy the index does not name was never linked, and dropping it loses nothing.
+        A dropped copy of an upload with a session becomes an empty marker saying where the
+        upload went (so a repeated PUT still completes it); a one-request upload's just goes.
         Idempotent: a retried or concurrent finish of the same upload converges.
         """
         ours = BlobInfo(digest, sealed.size, location)
         for _ in range(3):
-            if index is None:
-                # New content: link our copy and index it in one round trip. Losing the index
-                # race to another copy only leaves ours linked as a duplicate; nothing is lost.
-                await asyncio.gather(self._link(repository, ours), self._create_index(ours))
-                return ours
             if index.location == location:
                 await self._link(repository, ours)
                 return ours
             if holds(await self._content.stat(index.location), digest, sealed.size):
                 existing = BlobInfo(digest, sealed.size, index.location)
                 await asyncio.gather(self._link(repository, existing),
-                                     self._content.delete(location, sealed.etag))
+                                     self._drop_copy(ours, sealed.etag, has_session))
                 return existing
             if await self._repair_index(ours, sealed.etag, index):
                 await self._link(repository, ours)
                 return ours
-            index = await self.index_entry(digest)
+            index = await self.claim(digest, sealed.size, location)
         raise unavailable("the digest index kept changing")
 
-    async def _create_index(self, blob: BlobInfo) -> None:
-        entity = {"PartitionKey": str(blob.digest), "RowKey": "", "size": int64(blob.size),
-                  "location": blob.location, "created": datetime.now(UTC)}
+    async def _drop_copy(self, blob: BlobInfo, etag: str, has_session: bool) -> None:
+        if not has_session:
+            await self._content.delete(blob.location, etag)
+            return
+        marker = {STATE: DROPPED, DIGEST: str(blob.digest), LENGTH: str(blob.size)}
         try:
-            await self._metadata.digests.create_entity(entity)
-        except ResourceExistsError:
-            pass
+            await self._content.truncate(blob.location, marker, etag)
+        except BlobChanged:
+            pass  # claimed meanwhile (an index repair chose it) or already dropped: keep it
 
     async def _repair_index(self, blob: BlobInfo, etag: str, index: IndexEntry) -> bool:
         """Point the index at our copy because the blob it names is gone or not this digest.

@@ -31,6 +31,8 @@ from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClien
 UPLOAD_PREFIX = "data/"
 MANIFEST_PREFIX = "manifests/"
 COMMIT_MARK = "commit"
+META_HEADER = "x-ms-meta-"
+STAT_SAS_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class BlobState:
 
 class BlobChanged(Exception):
     """The blob is not the version the caller read: changed, created or deleted since."""
+
+
+class TooManyBlocks(Exception):
+    """The blob would pass Azure's limit of committed blocks (many tiny chunks)."""
 
 
 class LengthMismatch(Exception):
@@ -61,6 +67,10 @@ def _condition(etag: str | None) -> dict[str, Any]:
 
 
 _CONFLICTS = (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError)
+# The 409s that mean "If-None-Match: * failed" (None: an emulator that sends no code).
+_EXISTS_CODES = (None, "BlobAlreadyExists")
+# Azure keeps at most this many committed blocks per block blob.
+MAX_BLOCKS = 50_000
 
 
 def _discard(task: asyncio.Future[Any] | None) -> None:
@@ -167,6 +177,8 @@ class ContentStore:
                     return etag, 0
                 return await self.set_metadata(name, new_metadata, etag), 0
             blocks = await committed
+            if len(blocks) + len(staged) > MAX_BLOCKS:
+                raise TooManyBlocks(f"{name} would have {len(blocks) + len(staged)} blocks")
         except BaseException:
             for task in [*in_flight, committed, base_task]:
                 _discard(task)
@@ -199,19 +211,41 @@ class ContentStore:
         return result["etag"]
 
     async def _ours_or_raise(self, name: str, marked: dict[str, str], error: Exception) -> str:
-        """After a failed condition: the etag if the blob holds our own write, else BlobChanged."""
+        """After a failed condition: the etag if the blob holds our own write, else BlobChanged.
+
+        Only a failed condition is a lost race; any other refusal (a 409 such as
+        BlockCountExceedsLimit) is raised as it is, not misreported as a concurrent change.
+        """
+        if isinstance(error, ResourceExistsError) and getattr(error, "error_code", None) not in _EXISTS_CODES:
+            raise error
         state = await self.stat(name)
         if state is not None and state.metadata.get(COMMIT_MARK) == marked[COMMIT_MARK]:
             return state.etag
         raise BlobChanged(str(error)) from error
 
     async def stat(self, name: str) -> BlobState | None:
-        """Size, etag and metadata of a blob, or None if there is none."""
-        try:
-            properties = await self._container.get_blob_client(name).get_blob_properties()
-        except ResourceNotFoundError:
-            return None
-        return BlobState(properties.size, properties.etag, dict(properties.metadata or {}))
+        """Size, etag and metadata of a blob, or None if there is none.
+
+        On every upload request's path, so a plain HEAD of a read-only SAS URL (signed here, no
+        round trip) on the shared session: a fraction of the SDK's cost, most of all for a 404.
+        """
+        url = await self.read_url(name, STAT_SAS_SECONDS)
+        for attempt in range(2):  # a read is idempotent: one retry absorbs a dropped connection
+            try:
+                async with self._session.head(url) as response:
+                    if response.status == 404:
+                        return None
+                    if response.status != 200:
+                        error = HttpResponseError(f"reading the properties of {name} failed: {response.status}")
+                        error.status_code = response.status
+                        raise error
+                    metadata = {key.lower()[len(META_HEADER):]: value for key, value in response.headers.items()
+                                if key.lower().startswith(META_HEADER)}
+                    return BlobState(int(response.headers["Content-Length"]), response.headers["ETag"], metadata)
+            except (TimeoutError, aiohttp.ClientConnectionError):
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     async def read(self, name: str, etag: str) -> AsyncIterator[bytes]:
         """The blob's bytes, only while it is still version `etag` (else BlobChanged)."""
@@ -222,25 +256,37 @@ class ContentStore:
         async for chunk in downloader.chunks():
             yield chunk
 
-    async def stream(self, name: str, ttl_seconds: int, offset: int = 0,
-                     length: int | None = None) -> AsyncIterator[bytes]:
-        """The blob's bytes for a client, as one streamed GET of a read-only SAS URL.
+    async def open_stream(self, name: str, ttl_seconds: int, offset: int = 0,
+                          length: int | None = None) -> AsyncIterator[bytes] | None:
+        """The blob's bytes for a client, as one streamed GET of a read-only SAS URL; None if
+        the blob is not there.
 
-        One request instead of the SDK's series of ranged reads: several times the throughput
-        in proxy delivery, and the same URL a redirect would have handed out.
+        Storage has answered before this returns, so its trouble is still a 503 rather than a
+        200 cut short. One request instead of the SDK's series of ranged reads: several times
+        the throughput in proxy delivery, and the same URL a redirect would have handed out.
         """
         url = await self.read_url(name, ttl_seconds)
         headers = {}
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
             headers["Range"] = f"bytes={offset}-{end}"
-        async with self._session.get(url, headers=headers) as response:
-            if response.status not in (200, 206):
-                error = HttpResponseError(f"reading {name} failed: {response.status}")
-                error.status_code = response.status
-                raise error
-            async for chunk in response.content.iter_chunked(1024 * 1024):
-                yield chunk
+        response = await self._session.get(url, headers=headers)
+        if response.status not in (200, 206):
+            response.release()
+            if response.status == 404:
+                return None
+            error = HttpResponseError(f"reading {name} failed: {response.status}")
+            error.status_code = response.status
+            raise error
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.content.iter_chunked(1024 * 1024):
+                    yield chunk
+            finally:
+                response.release()
+
+        return body()
 
     async def read_all(self, name: str) -> bytes:
         downloader = await self._container.get_blob_client(name).download_blob()

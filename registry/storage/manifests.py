@@ -4,7 +4,7 @@ The manifest row `m:<digest>` is the one source of truth for a manifest's media 
 size; tag and referrer rows carry copies of it, written in the same entity-group transaction.
 Writes that could lose to a concurrent one are conditional:
 - a push of a manifest that exists updates its row If-Match the etag it read, so a delete that
-  read the row before (and so may have missed this push's tag) fails and looks again;
+  read the row (and then the tags) before this push fails on the row's etag and looks again;
 - a manifest delete removes its tags If-Match their etags, so a tag moved meanwhile to
   another manifest is never taken with it.
 """
@@ -26,11 +26,21 @@ from registry.oci.manifest import Manifest, effective_artifact_type
 from registry.storage.blobs import BlobStore
 from registry.storage.content import MANIFEST_PREFIX, ContentStore
 from registry.storage.errors import unavailable
-from registry.storage.metadata import MANIFEST, REFERRER, TAG, MetadataStore, int64, read_int, repository_key
+from registry.storage.metadata import (
+    MANIFEST,
+    REFERRER,
+    TAG,
+    MetadataStore,
+    etag_of,
+    int64,
+    read_int,
+    repository_key,
+)
 
 # Table properties hold at most 64 KiB; manifests up to this size live in the row itself,
 # so a pull by tag or digest is a single point read.
 INLINE_MANIFEST_LIMIT = 60 * 1024
+MAX_TABLE_STRING = 32 * 1024
 # Conflicting transactions are retried this often before the client is told to retry.
 ATTEMPTS = 4
 _CONFLICT_STATUS = (404, 409, 412)
@@ -46,7 +56,7 @@ class StoredManifest:
 
 
 def _conditional(entity: dict[str, Any]) -> dict[str, Any]:
-    return {"etag": entity.metadata["etag"], "match_condition": MatchConditions.IfNotModified}  # type: ignore[attr-defined]
+    return {"etag": etag_of(entity), "match_condition": MatchConditions.IfNotModified}
 
 
 def _conflict(error: TableTransactionError) -> bool:
@@ -62,7 +72,7 @@ class ManifestStore:
     async def put(self, repository: str, digest: Digest, body: bytes, manifest: Manifest, tag: str | None) -> None:
         partition = repository_key(repository)
         existing, _ = await asyncio.gather(
-            self._metadata.get(self._metadata.repos, partition, MANIFEST + str(digest)),
+            self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest)),
             self._check_references(repository, manifest),
         )
         location = None
@@ -97,7 +107,7 @@ class ManifestStore:
             except TableTransactionError as error:
                 if not _conflict(error):
                     raise
-            existing = await self._metadata.get(self._metadata.repos, partition, MANIFEST + str(digest))
+            existing = await self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest))
         raise unavailable(f"manifest {digest} kept changing while it was pushed")
 
     @staticmethod
@@ -114,7 +124,11 @@ class ManifestStore:
         if artifact_type:
             row["artifactType"] = artifact_type
         if manifest.annotations:
-            row["annotations"] = json.dumps(manifest.annotations)
+            annotations = json.dumps(manifest.annotations)
+            # A table string holds 32K UTF-16 characters: larger annotations are left out of
+            # the referrers list (the manifest itself keeps them).
+            if len(annotations) <= MAX_TABLE_STRING:
+                row["annotations"] = annotations
         return row
 
     async def _check_references(self, repository: str, manifest: Manifest) -> None:
@@ -158,16 +172,16 @@ class ManifestStore:
         """Delete a manifest, its referrer entry and every tag that points at it."""
         partition = repository_key(repository)
         for _ in range(ATTEMPTS):
-            row, tags = await asyncio.gather(
-                self._metadata.get(self._metadata.repos, partition, MANIFEST + str(digest)),
-                self._tags_of(partition, digest),
-            )
+            # The row first, then its tags: a push that tags the manifest after the row was read
+            # changes the row, so the conditional delete of the row below fails and we look again.
+            row = await self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest))
+            tags = await self._tags_of(partition, digest) if row is not None else []
             if row is None:
                 raise RegistryError(MANIFEST_UNKNOWN, f"manifest {digest} is not in repository {repository}")
             operations: list[tuple[str, Any, dict[str, Any]]] = [("delete", tag, _conditional(tag)) for tag in tags]
             if row.get("subject"):
-                referrer = await self._metadata.get(self._metadata.repos, partition,
-                                                    f"{REFERRER}{row['subject']}:{digest}")
+                referrer = await self._metadata.read_fast(self._metadata.repos, partition,
+                                                          f"{REFERRER}{row['subject']}:{digest}")
                 if referrer is not None:
                     operations.append(("delete", referrer, {}))
             operations.append(("delete", row, _conditional(row)))  # last: in the final batch

@@ -8,10 +8,11 @@ and Table Storage.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from registry.oci.digest import Digest
-from registry.oci.errors import NAME_UNKNOWN, RegistryError
+from registry.oci.errors import BLOB_UNKNOWN, NAME_UNKNOWN, RegistryError
 from registry.oci.manifest import Manifest
 from registry.settings import MiB, Settings
 from registry.storage.blobs import BlobInfo, BlobStore, IndexEntry
@@ -22,6 +23,8 @@ from registry.storage.metadata import CATALOG_PARTITION, MetadataStore, reposito
 from registry.storage.uploads import UploadSession, UploadStore
 
 __all__ = ["BlobInfo", "RegistryStore", "UploadSession"]
+
+log = logging.getLogger("berth.storage")
 
 
 class RegistryStore:
@@ -50,16 +53,40 @@ class RegistryStore:
 
     # --- blob bytes ----------------------------------------------------------------------
 
-    def read_blob(self, blob: BlobInfo, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        return self.content.stream(blob.location, self._settings.sas_ttl_seconds, offset, length)
+    async def read_blob(self, blob: BlobInfo, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The blob's bytes, once storage has started to send them."""
+        stream = await self.content.open_stream(blob.location, self._settings.sas_ttl_seconds, offset, length)
+        if stream is None:
+            log.error("blob %s is linked at %s, which storage does not have", blob.digest, blob.location)
+            raise RegistryError(BLOB_UNKNOWN, f"blob {blob.digest} is not readable")
+        return stream
 
     async def blob_url(self, blob: BlobInfo) -> str:
         return await self.content.read_url(blob.location, self._settings.sas_ttl_seconds)
 
-    async def finish_upload(self, session: UploadSession, digest: Digest, index: IndexEntry | None) -> BlobInfo:
-        """Verify and seal the upload, then make it a blob of its repository."""
-        sealed = await self.uploads.seal(session, digest)
-        return await self.blobs.publish(session.repository, digest, sealed, session.location, index)
+    async def finish_upload(self, session: UploadSession, digest: Digest) -> BlobInfo:
+        """Verify and seal the upload, then make it a blob of its repository.
+
+        The digest index is consulted (or the row created) while the seal is written, once the
+        bytes are known to have the digest: a finish costs the seal and the link, one round
+        trip each, when the content is new.
+        """
+        claims: list[asyncio.Future[IndexEntry]] = []
+
+        def verified(checked: UploadSession) -> None:
+            if not claims:
+                claims.append(asyncio.ensure_future(self.blobs.claim(digest, checked.offset, checked.location)))
+
+        try:
+            sealed = await self.uploads.seal(session, digest, verified)
+            index = await claims[0] if claims else await self.blobs.claim(digest, sealed.size, session.location)
+        except BaseException:
+            for claim in claims:
+                claim.cancel()
+                claim.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise
+        return await self.blobs.publish(session.repository, digest, sealed, session.location, index,
+                                        session.has_row)
 
     async def put_manifest(self, repository: str, digest: Digest, body: bytes, manifest: Manifest,
                            tag: str | None) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -24,15 +25,31 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError
 
 from registry.oci.digest import Digest
-from registry.oci.errors import BLOB_UPLOAD_UNKNOWN, DIGEST_INVALID, RANGE_INVALID, SIZE_INVALID, RegistryError
-from registry.storage.blobs import DIGEST, SEALED, STATE, sealed_metadata
-from registry.storage.content import UPLOAD_PREFIX, BlobChanged, BlobState, ContentStore, LengthMismatch
+from registry.oci.errors import (
+    BLOB_UPLOAD_INVALID,
+    BLOB_UPLOAD_UNKNOWN,
+    DIGEST_INVALID,
+    RANGE_INVALID,
+    SIZE_INVALID,
+    RegistryError,
+)
+from registry.storage.blobs import DIGEST, DROPPED, LENGTH, SEALED, STATE, sealed_metadata
+from registry.storage.content import (
+    MAX_BLOCKS,
+    UPLOAD_PREFIX,
+    BlobChanged,
+    BlobState,
+    ContentStore,
+    LengthMismatch,
+    TooManyBlocks,
+)
 from registry.storage.hashing import RunningHash, new_hash, restore_hash
 from registry.storage.metadata import UPLOAD, MetadataStore, next_key, repository_key
 
 OPEN = "open"
 CANCELLED = "cancelled"
 HASH_STATE = "hashstate"
+HINTS = 512  # uploads remembered per instance (a hint costs a few hundred bytes)
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,9 @@ class UploadSession:
     blob_etag: str | None  # None until the first bytes (or the seal) are committed
     hash_state: str | None  # the running hash after `offset` bytes, if it could be saved
     sealed_digest: str | None = None  # set once finished
+    hinted: bool = False  # from this instance's memory, not read from storage: see UploadStore.hint
+    dropped: bool = False  # finished, and its bytes dropped for an identical copy (blobs.DROPPED)
+    has_row: bool = True  # False for a one-request (monolithic) upload
 
     @property
     def location(self) -> str:
@@ -74,6 +94,30 @@ class UploadStore:
         self._content = content
         self._metadata = metadata
         self._ttl = timedelta(seconds=ttl_seconds)
+        self._hints: OrderedDict[str, UploadSession] = OrderedDict()
+
+    def hint(self, repository: str, upload_id: str, owner: str) -> UploadSession | None:
+        """The upload as this instance last started or committed it, if it did.
+
+        Hints save round trips on the instance that took the previous request, and decide
+        nothing: `open` takes only the session row's facts from a hint (owner, repository,
+        expiry, algorithm: they never change) and still reads the blob; a body-less closing
+        PUT takes the rest too, but its seal is conditional on the hinted etag, so storage
+        arbitrates, and a digest that does not match the hinted hash, or a seal that loses,
+        reads storage again. Hashing new bytes always starts from the state storage has.
+        """
+        session = self._hints.get(upload_id)
+        if session is None or session.repository != repository or session.owner != owner:
+            return None
+        if session.expires < _now():
+            return None
+        return replace(session, hinted=True)
+
+    def _remember(self, session: UploadSession) -> None:
+        self._hints[session.id] = session
+        self._hints.move_to_end(session.id)
+        while len(self._hints) > HINTS:
+            self._hints.popitem(last=False)
 
     async def start(self, repository: str, owner: str, algorithm: str = "sha256") -> UploadSession:
         upload_id = secrets.token_urlsafe(24)
@@ -90,32 +134,43 @@ class UploadStore:
             await self._metadata.repos.create_entity(entity)
         except ResourceExistsError:
             pass  # the SDK retried a create whose first answer was lost: the row is ours
-        return UploadSession(repository, upload_id, owner, expires, algorithm, 0, None, None)
+        session = UploadSession(repository, upload_id, owner, expires, algorithm, 0, None, None)
+        self._remember(session)
+        return session
 
     def fresh(self, repository: str, owner: str, algorithm: str) -> UploadSession:
         """A session for a one-request (monolithic) upload: no row, as nothing outlives it."""
         upload_id = secrets.token_urlsafe(24)
-        return UploadSession(repository, upload_id, owner, _now() + self._ttl, algorithm, 0, None, None)
+        return UploadSession(repository, upload_id, owner, _now() + self._ttl, algorithm, 0, None, None,
+                             has_row=False)
 
     async def open(self, repository: str, upload_id: str, owner: str, finished_ok: bool = False) -> UploadSession:
         """The session as storage has it, if it is `owner`'s and open (or, with `finished_ok`,
         sealed); anyone else cannot even learn that it exists."""
-        row, blob = await asyncio.gather(
-            self._metadata.read_fast(self._metadata.repos, repository_key(repository), UPLOAD + upload_id),
-            self._content.stat(UPLOAD_PREFIX + upload_id),
-        )
-        if row is None or row.get("owner") != owner:
-            raise _unknown()
-        expires = datetime.fromisoformat(row["expires"])  # the fast read leaves dates as ISO text
-        if expires < _now():
-            raise _unknown()
-        session = UploadSession(repository, upload_id, owner, expires, row.get("algorithm") or "sha256",
-                                0, None, None)
+        known = self.hint(repository, upload_id, owner)
+        if known is not None:  # the row's facts never change: only the blob needs reading
+            blob = await self._content.stat(UPLOAD_PREFIX + upload_id)
+            session = replace(known, offset=0, blob_etag=None, hash_state=None, sealed_digest=None, hinted=False)
+        else:
+            row, blob = await asyncio.gather(
+                self._metadata.read_fast(self._metadata.repos, repository_key(repository), UPLOAD + upload_id),
+                self._content.stat(UPLOAD_PREFIX + upload_id),
+            )
+            if row is None or row.get("owner") != owner:
+                raise _unknown()
+            expires = datetime.fromisoformat(row["expires"])  # the fast read leaves dates as ISO text
+            if expires < _now():
+                raise _unknown()
+            session = UploadSession(repository, upload_id, owner, expires, row.get("algorithm") or "sha256",
+                                    0, None, None)
         if blob is None:
             return session
         state = blob.metadata.get(STATE, OPEN)
-        if state == CANCELLED or (state == SEALED and not finished_ok):
+        if state == CANCELLED or (state in (SEALED, DROPPED) and not finished_ok):
             raise _unknown()
+        if state == DROPPED:  # finished, and its bytes dropped for an identical indexed copy
+            return replace(session, offset=int(blob.metadata[LENGTH]), blob_etag=blob.etag,
+                           sealed_digest=blob.metadata[DIGEST], dropped=True)
         return replace(session, offset=blob.size, blob_etag=blob.etag, hash_state=blob.metadata.get(HASH_STATE),
                        sealed_digest=blob.metadata.get(DIGEST) if state == SEALED else None)
 
@@ -137,7 +192,7 @@ class UploadStore:
         digest is checked before the commit: a mismatch commits nothing, a match seals in the
         same call. Otherwise the new hash state is committed with the bytes.
         """
-        return await self._append(session.id, _resolved(session), chunks, expected_length, finishing, None)
+        return await self._append(session.id, _resolved(session), chunks, expected_length, finishing, None, True)
 
     async def open_and_append(
         self,
@@ -154,8 +209,11 @@ class UploadStore:
         the session; nothing is committed before the session was read and `check`ed (the
         Content-Range), and a request that fails either stops at once.
         """
+        # Blocks are staged before the session is read only where this instance started the
+        # upload for this caller; anyone else's bytes wait until the session says they may land.
+        trusted = self.hint(repository, upload_id, owner) is not None
         opening = self.open(repository, upload_id, owner)
-        return await self._append(upload_id, opening, chunks, expected_length, None, check)
+        return await self._append(upload_id, opening, chunks, expected_length, None, check, trusted)
 
     async def _append(
         self,
@@ -165,8 +223,9 @@ class UploadStore:
         expected_length: int | None,
         finishing: Digest | None,
         check: Callable[[UploadSession], None] | None,
+        trusted: bool,
     ) -> UploadSession:
-        stream = _HashingStream(chunks, self._content.block_size)
+        stream = _HashingStream(chunks, self._content.block_size, gated=not trusted)
         decided: dict[str, Any] = {}
 
         async def base() -> str | None:
@@ -194,26 +253,45 @@ class UploadStore:
                 UPLOAD_PREFIX + upload_id, stream, stream.ready, metadata, expected_length=expected_length,
             )
         except BlobChanged:
+            self._hints.pop(upload_id, None)
             raise RegistryError(RANGE_INVALID, "another request changed this upload first") from None
         except LengthMismatch as error:
             raise RegistryError(SIZE_INVALID, f"chunk length mismatch: {error}") from None
+        except TooManyBlocks:
+            raise RegistryError(BLOB_UPLOAD_INVALID, f"the upload has too many chunks (storage keeps at most "
+                                f"{MAX_BLOCKS} per blob); push it again in larger chunks") from None
         session, hasher, sealing = decided["session"], decided["hasher"], decided["sealing"]
         state = hasher.state() if hasher is not None and not sealing else None
-        return replace(session, offset=session.offset + appended, blob_etag=etag, hash_state=state,
-                       sealed_digest=str(finishing) if sealing else None)
+        appended_to = replace(session, offset=session.offset + appended, blob_etag=etag, hash_state=state,
+                              sealed_digest=str(finishing) if sealing else None)
+        if state is not None:
+            self._remember(appended_to)
+        else:
+            self._hints.pop(upload_id, None)
+        return appended_to
 
-    async def seal(self, session: UploadSession, digest: Digest) -> BlobState:
+    async def seal(self, session: UploadSession, digest: Digest,
+                   verified: Callable[[UploadSession], None] | None = None) -> BlobState:
         """Verify the upload against the client's digest and seal it; the sealed blob's state.
 
-        Sealing an upload that is already sealed with this digest (a retried or concurrent
-        finish) is not an error: whoever sealed it, the bytes are verified.
+        `verified` is told the session once its bytes are known to have that digest, before the
+        seal is written (so the caller may start work that needs a verified digest). Sealing an
+        upload already sealed with this digest (a retried or concurrent finish) is not an error:
+        whoever sealed it, the bytes were verified.
         """
-        for _ in range(2):
+        for _ in range(3):
             if session.sealed_digest is not None:
                 if session.sealed_digest != str(digest):
                     raise RegistryError(DIGEST_INVALID, f"the upload was finished as {session.sealed_digest}")
                 return BlobState(session.offset, session.blob_etag or "", sealed_metadata(digest))
-            check_digest(await self._digest(session, digest.algorithm), digest)
+            actual = await self._digest(session, digest.algorithm)
+            if actual != digest and session.hinted:
+                session = await self.open(session.repository, session.id, session.owner, finished_ok=True)
+                continue  # the hint may be behind storage: only storage may refuse the digest
+            check_digest(actual, digest)
+            if verified is not None:
+                verified(session)
+            self._hints.pop(session.id, None)
             try:
                 etag = await self._content.set_metadata(session.location, sealed_metadata(digest), session.blob_etag)
             except BlobChanged:
@@ -243,6 +321,7 @@ class UploadStore:
         The blob becomes an empty "cancelled" one rather than going away, so an append that
         read the session before the cancel cannot re-create it; the expiry purge removes it.
         """
+        self._hints.pop(session.id, None)
         try:
             await self._content.truncate(session.location, {STATE: CANCELLED}, session.blob_etag)
         except BlobChanged:
@@ -275,13 +354,14 @@ class _HashingStream:
     """Feeds each chunk to the running hash on its way to storage.
 
     The hash can only start once the upload's state is read (`adopt`); chunks that arrive
-    before that wait here, at most `limit` bytes of them, and a failed read (`ready`) stops
-    the stream at the next chunk.
+    before that wait here, at most `limit` bytes of them (none when `gated`), and a failed read
+    (`ready`) stops the stream at the next chunk.
     """
 
-    def __init__(self, chunks: AsyncIterator[bytes], limit: int):
+    def __init__(self, chunks: AsyncIterator[bytes], limit: int, gated: bool):
         self._chunks = chunks
         self._limit = limit
+        self._gated = gated  # pass nothing on (to staging) before the session is read
         self._hasher: RunningHash | None = None
         self._adopted = False
         self._pending: list[bytes] = []
@@ -308,6 +388,6 @@ class _HashingStream:
         else:
             self._pending.append(chunk)
             self._pending_bytes += len(chunk)
-            if self._pending_bytes > self._limit and self.ready is not None:
+            if (self._gated or self._pending_bytes > self._limit) and self.ready is not None:
                 await self.ready
         return chunk

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import httpx
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 
 from tests.conftest import Server, StorageView
 from tests.faults import FaultyStorage
@@ -267,6 +268,80 @@ def test_a_push_is_not_deduplicated_onto_bytes_that_are_gone(
         get_blob(c, first, digest)  # 404 or repaired; never other bytes
 
 
+def test_a_retried_finish_never_drops_bytes_a_mount_already_shares(clients: list[Instance]) -> None:
+    """The closing PUT carries the body and is slow; meanwhile the same bytes are pushed elsewhere.
+    Then another repository mounts the blob from the first, and the PUT is repeated (a client
+    retry). The mounted blob stays readable, and the finished upload cannot be turned into other
+    bytes under the same digest (found by review: the retry used to delete the linked copy)."""
+    a, b, c = clients
+    repo, elsewhere, victim = new_repo(), new_repo(), new_repo()
+    data = os.urandom(1_000_000)
+    digest = digest_of(data)
+    location = start(a, repo)
+    pushed_elsewhere = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield data[:1000]
+        pushed_elsewhere.wait(30)
+        yield data[1000:]
+
+    def push_elsewhere() -> int:
+        time.sleep(0.5)
+        status = push_monolithic(c, elsewhere, data).status_code
+        pushed_elsewhere.set()
+        return status
+
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(push_elsewhere)
+        done = b.put(location, params={"digest": digest}, content=slow_body(),
+                     headers={"Content-Length": str(len(data))})
+        assert other.result() == 201
+    assert done.status_code == 201, done.text
+    mounted = c.post(f"/v2/{victim}/blobs/uploads/", params={"mount": digest, "from": repo})
+    assert mounted.status_code == 201, mounted.text
+    again = a.put(location, params={"digest": digest})
+    assert again.status_code == 201, again.text  # a repeated finish completes again
+    for where in (repo, victim, elsewhere):
+        assert_readable(clients, where, digest, data)
+    other_bytes = b"not the layer that was pinned\n" * 100
+    assert patch(b, location, other_bytes).status_code == 404
+    assert c.get(location).status_code == 404
+    refinished = c.put(location, params={"digest": digest_of(other_bytes)})
+    assert refinished.status_code in (400, 404), refinished.text
+    for where in (repo, victim, elsewhere):
+        assert_readable(clients, where, digest, data)
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_two_closing_puts_at_once_both_succeed(clients: list[Instance], round_: int) -> None:
+    """A client that sends its closing PUT twice (a retry racing the first) gets 201 twice."""
+    a, b, c = rotate(clients, round_)
+    repo = new_repo()
+    data = os.urandom(50_000)
+    location = start(a, repo)
+    assert patch(a, location, data).status_code == 202
+    first, second = race(lambda: b.put(location, params={"digest": digest_of(data)}),
+                         lambda: c.put(location, params={"digest": digest_of(data)}))
+    assert (first.status_code, second.status_code) == (201, 201), (first.text, second.text)
+    assert_readable(clients, repo, digest_of(data), data)
+
+
+def test_a_patch_to_an_upload_that_is_not_the_callers_stores_nothing(clients: list[Instance],
+                                                                      storage: StorageView) -> None:
+    """Bytes sent to an upload id no session knows are refused before any of them is staged."""
+    a, _, _ = clients
+    repo = new_repo()
+    made_up = uuid.uuid4().hex
+    response = patch(a, f"/v2/{repo}/blobs/uploads/{made_up}", os.urandom(200_000))
+    assert response.status_code == 404
+    assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
+    try:
+        _, uncommitted = storage.blobs.get_blob_client(f"data/{made_up}").get_block_list("uncommitted")
+    except ResourceNotFoundError:
+        uncommitted = []
+    assert uncommitted == []
+
+
 # --- 2. the owner's closing PUT racing its own DELETE --------------------------------------
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
@@ -344,6 +419,40 @@ def test_chunked_push_across_instances(clients: list[Instance], last_chunk_in_pu
         done = c.put(location, params={"digest": digest_of(data)})
     assert done.status_code == 201, done.text
     assert_readable(clients, repo, digest_of(data), data)
+
+
+@pytest.mark.parametrize("meanwhile", ["another chunk", "cancel", "finish"])
+def test_finishing_where_the_upload_was_last_seen_uses_what_storage_says(clients: list[Instance],
+                                                                          meanwhile: str) -> None:
+    """A takes a chunk (and remembers the upload); B then moves the upload on (one more chunk,
+    a cancel, or the finish); the empty closing PUT comes back to A, whose memory is stale."""
+    a, b, _ = clients
+    repo = new_repo()
+    first, second = os.urandom(40_000), os.urandom(30_000)
+    location = start(a, repo)
+    assert patch(a, location, first, 0).status_code == 202
+    data = first
+    if meanwhile == "another chunk":
+        assert patch(b, location, second, len(first)).status_code == 202
+        data = first + second
+    elif meanwhile == "cancel":
+        assert b.delete(location).status_code == 204
+    else:
+        assert b.put(location, params={"digest": digest_of(first)}).status_code == 201
+    done = a.put(location, params={"digest": digest_of(data)})
+    if meanwhile == "cancel":
+        assert done.status_code == 404, done.text
+        assert error_codes(done) == ["BLOB_UPLOAD_UNKNOWN"]
+        assert a.head(f"/v2/{repo}/blobs/{digest_of(data)}").status_code == 404
+        return
+    assert done.status_code == 201, done.text
+    assert_readable(clients, repo, digest_of(data), data)
+    # And a digest that is really wrong is refused, whoever remembers what.
+    location = start(a, repo)
+    assert patch(a, location, first, 0).status_code == 202
+    wrong = a.put(location, params={"digest": digest_of(second)})
+    assert wrong.status_code == 400 and error_codes(wrong) == ["DIGEST_INVALID"]
+    assert_upload_at(clients, location, len(first))
 
 
 # --- 4. manifest DELETE racing a tag push ---------------------------------------------------

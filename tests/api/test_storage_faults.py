@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.conftest import Server
+from registry.azurite import Azurite
+from tests.conftest import Server, start_server, stop_server
 from tests.faults import FaultyStorage, Mode
 from tests.helpers import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, descriptor, error_codes, push_blob, put_manifest, sha256
 
@@ -259,3 +260,31 @@ def test_no_acknowledged_push_is_lost_to_a_stall(faulty_storage: FaultyStorage, 
     for what, outcome in outcomes.items():
         assert outcome.answered_at < lifted, f"{what}: no answer while storage stalled ({outcome.status} after)"
         assert outcome.status in (201, 202, 503), f"{what}: {outcome.status}"
+
+
+@pytest.fixture(scope="module")
+def faulty_proxy_server(faulty_storage: FaultyStorage, azurite: Azurite,
+                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Like `faulty_server`, but streaming blob bytes itself (proxy delivery)."""
+    instance = start_server(azurite, tmp_path_factory.mktemp("faulty-proxy"),
+                            BERTH_STORAGE_CONNECTION_STRING=faulty_storage.connection_string,
+                            BERTH_STORAGE_TIMEOUT_SECONDS="2", BERTH_BLOB_DELIVERY="proxy")
+    yield instance
+    stop_server(instance)
+
+
+@pytest.mark.parametrize("mode", ["stall", "cut"])
+def test_proxy_delivery_answers_503_not_a_cut_short_200(mode: Mode, faulty_storage: FaultyStorage,
+                                                        faulty_proxy_server: Server, repo: str) -> None:
+    """Blob storage down while its index (tables) answers: the blob GET is a 503 before any byte,
+    never a 200 whose body breaks off (found by review)."""
+    with httpx.Client(base_url=faulty_proxy_server.url, timeout=HANG_BOUND) as http:
+        data = os.urandom(300_000)
+        digest = push_blob(http, repo, data)
+        faulty_storage.blob.set_mode(mode)
+        response = within(HANG_BOUND, "GET blob", lambda timeout: http.get(f"/v2/{repo}/blobs/{digest}",
+                                                                            timeout=timeout))
+        assert_unavailable("GET blob (proxy delivery)", response)
+        faulty_storage.blob.set_mode("pass")
+        again = http.get(f"/v2/{repo}/blobs/{digest}")
+        assert again.status_code == 200 and again.content == data
