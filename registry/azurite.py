@@ -17,7 +17,7 @@ ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: on Linux, ask for SIGTERM when the parent dies, however it dies."""
     try:
         import ctypes
@@ -114,7 +114,7 @@ class Azurite:
             self.location.mkdir(parents=True, exist_ok=True)
             args += ["--location", str(self.location)]
         self.process = subprocess.Popen(args, start_new_session=True, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                        stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.azurite import _die_with_parent, free_port, stop_process, wait_until_serving
+from registry.azurite import die_with_parent, free_port, stop_process, wait_until_serving
 
 SYNC_PATH = "/_front/sync"  # answered by nginx itself; see Front.served_since
 
@@ -129,7 +129,7 @@ class Front:
                 [self.nginx, "-e", str(self.error_log), "-p", str(self.directory), "-c", str(config),
                  "-g", "daemon off;"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
             try:
                 wait_until_serving(f"{self.url}{SYNC_PATH}", self.process, "nginx", timeout=15)

@@ -34,6 +34,8 @@ def test_declares_anonymous_catch_all_routes(function_module: Any) -> None:
     assert {m.upper() for m in binding["methods"]} >= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
     tokens = functions["token_service"]["bindings"][0]
     assert tokens["route"] == "oauth2/{*path}" and tokens["authLevel"] == "ANONYMOUS"
+    health = functions["health"]["bindings"][0]
+    assert health["route"] == "health/{*path}" and health["authLevel"] == "ANONYMOUS"
     timer = functions["purge_expired_uploads"]["bindings"][0]
     assert timer["type"] == "timerTrigger" and timer["schedule"] == "0 17 * * * *"
     with open(os.path.join(os.path.dirname(function_module.__file__), "host.json")) as host:
@@ -99,6 +101,9 @@ def test_push_and_pull_through_the_function(function_module: Any) -> None:
             assert status == 307 and "sig=" in headers["location"]
             status, _, body = await call(function_module, "GET", "/v2/fn/app/blobs/sha256:abc")
             assert status == 400 and json.loads(body)["errors"][0]["code"] == "DIGEST_INVALID"
+            for probe, expected in (("/health/live", "live"), ("/health/ready", "ready")):
+                status, _, body = await call(function_module, "GET", probe, function="health")
+                assert status == 200 and json.loads(body)["status"] == expected
         finally:
             await function_module.berth.close()
 
