@@ -141,8 +141,8 @@ class RegistryApi:
             if handler in CLIENT_PACED:
                 return await handler(request, context, **params)
             try:
-                return await asyncio.wait_for(handler(request, context, **params),
-                                              context.settings.request_budget_seconds)
+                async with asyncio.timeout(context.settings.request_budget_seconds):  # no extra task
+                    return await handler(request, context, **params)
             except TimeoutError:
                 raise unavailable(f"no answer within {context.settings.request_budget_seconds} s") from None
         raise RegistryError(NOT_FOUND, f"no registry endpoint at {path[:200]}")

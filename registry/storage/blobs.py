@@ -23,7 +23,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 
 from registry.oci.digest import Digest
-from registry.oci.errors import BLOB_UNKNOWN, RegistryError
+from registry.oci.errors import BLOB_UNKNOWN, BLOB_UPLOAD_UNKNOWN, RegistryError
 from registry.storage.content import BlobChanged, BlobState, ContentStore
 from registry.storage.errors import unavailable
 from registry.storage.metadata import BLOB, MetadataStore, etag_of, int64, read_int, repository_key
@@ -145,6 +145,9 @@ class BlobStore:
                 await asyncio.gather(self._link(repository, existing),
                                      self._drop_copy(ours, sealed.etag, has_session))
                 return existing
+            if not holds(await self._content.stat(location), digest, sealed.size):
+                # Ours was dropped for the indexed copy, which has gone since: nothing to link.
+                raise RegistryError(BLOB_UPLOAD_UNKNOWN, "the upload's bytes are no longer stored; push the blob again")
             if await self._repair_index(ours, sealed.etag, index):
                 await self._link(repository, ours)
                 return ours

@@ -64,7 +64,6 @@ class UploadSession:
     hash_state: str | None  # the running hash after `offset` bytes, if it could be saved
     sealed_digest: str | None = None  # set once finished
     hinted: bool = False  # from this instance's memory, not read from storage: see UploadStore.hint
-    dropped: bool = False  # finished, and its bytes dropped for an identical copy (blobs.DROPPED)
     has_row: bool = True  # False for a one-request (monolithic) upload
 
     @property
@@ -170,7 +169,7 @@ class UploadStore:
             raise _unknown()
         if state == DROPPED:  # finished, and its bytes dropped for an identical indexed copy
             return replace(session, offset=int(blob.metadata[LENGTH]), blob_etag=blob.etag,
-                           sealed_digest=blob.metadata[DIGEST], dropped=True)
+                           sealed_digest=blob.metadata[DIGEST])
         return replace(session, offset=blob.size, blob_etag=blob.etag, hash_state=blob.metadata.get(HASH_STATE),
                        sealed_digest=blob.metadata.get(DIGEST) if state == SEALED else None)
 
