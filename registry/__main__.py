@@ -44,14 +44,15 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from registry.app import BerthApplication
+    from registry.serving import MAX_HEAD_BYTES, head_limited_protocol
 
     try:
         settings = load_settings()
     except SettingsError as error:
         print(f"berth: {error}", file=sys.stderr)
         return 2
-    if settings.auth == "token" and settings.token_signing_key is None:
-        settings = replace(settings, token_signing_key=local_signing_key(settings))
+    if settings.auth == "token" and not settings.token_signing_keys:
+        settings = replace(settings, token_signing_keys=(local_signing_key(settings),))
     azurite = None
     if not settings.storage_configured:
         data = local_data(settings) / "azurite"
@@ -79,6 +80,8 @@ def serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             access_log=args.access_log,
             timeout_keep_alive=30,
+            http=head_limited_protocol(),
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         )
     finally:
         if azurite is not None:
@@ -137,10 +140,15 @@ def purge_uploads(args: argparse.Namespace) -> int:
 def tokens_command(args: argparse.Namespace) -> int:
     from registry.auth.passwords import generate_password, hash_password
     from registry.auth.roles import parse_scope_map
+    from registry.auth.service import TOKEN_NAME
 
     async def work(ctx: Context) -> int:
         access = ctx.access
         if args.action == "create":
+            if not TOKEN_NAME.fullmatch(args.name):
+                print("berth: a token name is 1-63 letters, digits, '.', '_' or '-', starting with a letter "
+                      "or digit", file=sys.stderr)
+                return 2
             try:
                 scope_map = parse_scope_map(args.scope or [])
             except ValueError as error:
@@ -154,6 +162,14 @@ def tokens_command(args: argparse.Namespace) -> int:
                 print(f"berth: a token named {args.name!r} exists; revoke it first", file=sys.stderr)
                 return 1
             print(f"token {args.name} created; its password (shown once):\n{password}")
+        elif args.action == "rotate":
+            token = await access.get_token(args.name)
+            password = generate_password()
+            if token is None or not await access.set_password(token, hash_password(password), new_generation=True):
+                print(f"berth: no token named {args.name!r} (or it changed meanwhile: try again)", file=sys.stderr)
+                return 1
+            print(f"token {args.name} has a new password (its refresh tokens no longer work); shown once:\n"
+                  f"{password}")
         elif args.action == "list":
             for token in await access.list_tokens():
                 state = "enabled" if token.usable() else "disabled/expired"
@@ -208,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--scope", action="append", metavar="REPO=ACTIONS",
                         help="e.g. 'team/app=content/read,content/write' (REPO may be prefix/* or *); repeatable")
     create.add_argument("--expires-days", type=int, default=None)
+    rotate = token_actions.add_parser("rotate", help="give a token a new password; its refresh tokens stop working")
+    rotate.add_argument("name")
     token_actions.add_parser("list", help="list tokens")
     revoke = token_actions.add_parser("revoke", help="delete a token; its refresh tokens stop working")
     revoke.add_argument("name")

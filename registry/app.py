@@ -29,9 +29,9 @@ log = logging.getLogger("berth")
 
 
 def token_issuer(settings: Settings) -> TokenIssuer:
-    if settings.token_signing_key is None:
+    if not settings.token_signing_keys:
         raise SettingsError("BERTH_AUTH=token needs BERTH_TOKEN_SIGNING_KEY (base64, at least 32 bytes)")
-    return TokenIssuer(settings.token_signing_key, settings.access_token_ttl_seconds,
+    return TokenIssuer(settings.token_signing_keys, settings.access_token_ttl_seconds,
                        settings.refresh_token_ttl_seconds)
 
 

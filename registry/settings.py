@@ -44,9 +44,16 @@ class Settings:
     local_data_dir: str = ".berth-data"  # local runs only: Azurite's data, the generated token key
     public_url: str | None = None
     service: str | None = None
-    token_signing_key: bytes | None = None
+    # The first key signs; all of them verify (a rotation adds the new key, then retires the old).
+    token_signing_keys: tuple[bytes, ...] = ()
     access_token_ttl_seconds: int = 1200
     refresh_token_ttl_seconds: int = 3 * 3600
+    # Entra app roles are frozen into a refresh token: it lives no longer than this.
+    entra_refresh_token_ttl_seconds: int = 3 * 3600
+    # Failed password attempts per principal (all instances) and per client address (per
+    # instance) within the window, before the token endpoint answers 429 until it passes.
+    auth_failure_limit: int = 10
+    auth_failure_window_seconds: int = 300
     admin_user: str | None = None
     admin_password: str | None = None
     anonymous_pull: bool = False
@@ -91,17 +98,21 @@ def _bool(env: Mapping[str, str], key: str) -> bool:
     return raw in ("true", "1", "yes")
 
 
-def _signing_key(env: Mapping[str, str]) -> bytes | None:
+def _signing_keys(env: Mapping[str, str]) -> tuple[bytes, ...]:
+    """BERTH_TOKEN_SIGNING_KEY: one base64 key, or several separated by commas (first signs)."""
     raw = env.get("BERTH_TOKEN_SIGNING_KEY")
     if not raw:
-        return None
-    try:
-        key = base64.b64decode(raw, validate=True)
-    except ValueError:
-        raise SettingsError("BERTH_TOKEN_SIGNING_KEY must be base64") from None
-    if len(key) < 32:
-        raise SettingsError("BERTH_TOKEN_SIGNING_KEY must hold at least 32 bytes")
-    return key
+        return ()
+    keys = []
+    for part in raw.split(","):
+        try:
+            key = base64.b64decode(part.strip(), validate=True)
+        except ValueError:
+            raise SettingsError("BERTH_TOKEN_SIGNING_KEY must be base64 (several keys: comma-separated)") from None
+        if len(key) < 32:
+            raise SettingsError("each BERTH_TOKEN_SIGNING_KEY key must hold at least 32 bytes")
+        keys.append(key)
+    return tuple(keys)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -138,9 +149,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         local_data_dir=env.get("BERTH_LOCAL_DATA_DIR") or ".berth-data",
         public_url=(env.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,
         service=env.get("BERTH_SERVICE") or None,
-        token_signing_key=_signing_key(env),
+        token_signing_keys=_signing_keys(env),
         access_token_ttl_seconds=_int(env, "BERTH_ACCESS_TOKEN_TTL_SECONDS", 1200, 60, 24 * 3600),
         refresh_token_ttl_seconds=_int(env, "BERTH_REFRESH_TOKEN_TTL_SECONDS", 3 * 3600, 300, 30 * 24 * 3600),
+        entra_refresh_token_ttl_seconds=_int(env, "BERTH_ENTRA_REFRESH_TOKEN_TTL_SECONDS", 3 * 3600, 300,
+                                             24 * 3600),
+        auth_failure_limit=_int(env, "BERTH_AUTH_FAILURE_LIMIT", 10, 1, 10000),
+        auth_failure_window_seconds=_int(env, "BERTH_AUTH_FAILURE_WINDOW_SECONDS", 300, 10, 24 * 3600),
         admin_user=env.get("BERTH_ADMIN_USER") or None,
         admin_password=env.get("BERTH_ADMIN_PASSWORD") or None,
         anonymous_pull=_bool(env, "BERTH_ANONYMOUS_PULL"),

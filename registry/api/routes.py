@@ -79,16 +79,24 @@ BARE_ROUTES: dict[str, Handler] = {"/health/live": health.live}
 
 
 def required_access(params: dict[str, str], actions: tuple[str, ...]) -> list[Access]:
-    """What a request needs on its repository, or on the catalog.
-
-    A cross-repository mount also needs pull on the source; the upload handler checks that
-    itself, because without it the request is still a valid plain upload (202).
-    """
+    """What a request needs on its repository, or on the catalog."""
     if not actions:
         return []
     if "name" not in params:
         return [Access("registry", "catalog", actions)]
     return [Access("repository", params["name"], actions)]
+
+
+def wanted_access(request: Request) -> list[Access]:
+    """What a request would use if the caller has it: pull on a cross-repository mount's source.
+
+    Without it the request still succeeds (a plain upload, 202), so it is not required; but
+    the challenge names it, so a client that asks for exactly that scope can mount (201).
+    """
+    source = request.query_params.get("from")
+    if request.method == "POST" and request.query_params.get("mount") and source:
+        return [Access("repository", validate_name(source), ("pull",))]
+    return []
 
 
 class RegistryApi:
@@ -135,7 +143,8 @@ class RegistryApi:
             if "name" in params:
                 validate_name(params["name"])
             if actions is not None:
-                grant = await self._authorizer.authorize(request, required_access(params, actions))
+                grant = await self._authorizer.authorize(request, required_access(params, actions),
+                                                         wanted_access(request))
                 request.state.grant = grant
             context = await self._context_factory()
             if handler in CLIENT_PACED:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import time
 from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
@@ -11,13 +13,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from registry.api.http import Context, json_response, read_body
+from registry.auth.audit import audit, client_address
 from registry.auth.authorizer import service_name
+from registry.auth.limits import TooManyFailures
 from registry.auth.roles import Principal
 from registry.auth.service import AuthenticationFailed, TokenService
-from registry.oci.errors import NOT_FOUND, UNAUTHORIZED, UNSUPPORTED_GRANT, RegistryError
+from registry.oci.errors import NOT_FOUND, TOO_MANY_REQUESTS, UNAUTHORIZED, UNSUPPORTED_GRANT, RegistryError
 from registry.oci.scope import Scope, parse_scopes
 
 MAX_FORM_BYTES = 64 * 1024
+REFUSED_ANSWER_SECONDS = 0.3  # a wrong password is answered this long after it arrived
+LOCKED_OUT_ANSWER_SECONDS = 1.0  # and a locked-out attempt this long
 
 
 def _service(ctx: Context) -> TokenService:
@@ -26,8 +32,26 @@ def _service(ctx: Context) -> TokenService:
     return ctx.tokens
 
 
-def _denied(error: AuthenticationFailed) -> RegistryError:
+def _denied(request: Request, error: AuthenticationFailed | TooManyFailures) -> RegistryError:
+    if isinstance(error, TooManyFailures):
+        audit("token.refused", request, reason="too many failed attempts")
+        return RegistryError(TOO_MANY_REQUESTS, str(error), headers={"Retry-After": str(error.retry_after)})
+    audit("token.denied", request, reason=str(error))
     return RegistryError(UNAUTHORIZED, str(error), headers={"WWW-Authenticate": 'Basic realm="berth"'})
+
+
+async def _principal(request: Request, tokens: TokenService, username: str, password: str,
+                     service: str) -> Principal:
+    """The principal of a password login. A refused one is answered at a fixed time after it
+    arrived: every wrong guess costs its sender that long (and us nothing but a timer), and the
+    answer's timing does not tell a name that exists from one that does not."""
+    arrived = time.monotonic()
+    try:
+        return await tokens.from_password(username, password, service, client_address(request))
+    except (AuthenticationFailed, TooManyFailures) as error:
+        delay = LOCKED_OUT_ANSWER_SECONDS if isinstance(error, TooManyFailures) else REFUSED_ANSWER_SECONDS
+        await asyncio.sleep(max(0.0, arrived + delay - time.monotonic()))
+        raise _denied(request, error) from None
 
 
 async def _form(request: Request) -> dict[str, list[str]]:
@@ -49,17 +73,19 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
         return None
     try:
         username, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        raise RegistryError(UNAUTHORIZED, "malformed Basic credentials") from None
-    if not sep:
-        raise RegistryError(UNAUTHORIZED, "malformed Basic credentials")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise _denied(request, AuthenticationFailed("malformed Basic credentials")) from None
+    if not sep or not username:
+        raise _denied(request, AuthenticationFailed("malformed Basic credentials"))
     return username, password
 
 
-def _token_response(tokens: TokenService, service: str, principal: Principal, scopes: list[Scope],
-                    offline: bool) -> dict[str, object]:
+def _token_response(request: Request, tokens: TokenService, service: str, principal: Principal,
+                    scopes: list[Scope], offline: bool) -> dict[str, object]:
     """An access token for the granted part of `scopes`, plus a refresh token when asked."""
     issued = tokens.access_token(service, principal, scopes)
+    audit("token.issued", request, principal=principal.subject, requested=[str(s) for s in scopes],
+          granted=[str(s) for s in issued.scopes], refresh_token=offline)
     document: dict[str, object] = {
         "access_token": issued.token,
         "expires_in": issued.expires_in,
@@ -76,13 +102,10 @@ async def get_token(request: Request, ctx: Context) -> Response:
     tokens = _service(ctx)
     service = service_name(request, ctx.settings)
     credentials = _basic_credentials(request)
-    try:
-        principal = await tokens.from_password(*credentials, service) if credentials else tokens.anonymous()
-    except AuthenticationFailed as error:
-        raise _denied(error) from None
+    principal = await _principal(request, tokens, *credentials, service) if credentials else tokens.anonymous()
     scopes = parse_scopes(request.query_params.getlist("scope"))
     offline = request.query_params.get("offline_token") == "true" and principal.kind != "anonymous"
-    document = _token_response(tokens, service, principal, scopes, offline)
+    document = _token_response(request, tokens, service, principal, scopes, offline)
     document["token"] = document["access_token"]  # the Docker token spec's name for it
     return json_response(document)
 
@@ -93,24 +116,25 @@ async def post_token(request: Request, ctx: Context) -> Response:
     service = service_name(request, ctx.settings)
     form = await _form(request)
     grant_type = _first(form, "grant_type")
-    try:
-        principal: Principal
-        if grant_type == "password":
-            username, password = _first(form, "username"), _first(form, "password")
-            if not username or password is None:
-                raise AuthenticationFailed("username and password are required")
-            principal = await tokens.from_password(username, password, service)
-        elif grant_type == "refresh_token":
-            refresh = _first(form, "refresh_token")
+    principal: Principal
+    if grant_type == "password":
+        username, password = _first(form, "username"), _first(form, "password")
+        if not username or password is None:
+            raise _denied(request, AuthenticationFailed("username and password are required"))
+        principal = await _principal(request, tokens, username, password, service)
+    elif grant_type == "refresh_token":
+        refresh = _first(form, "refresh_token")
+        try:
             if not refresh:
                 raise AuthenticationFailed("refresh_token is required")
             principal = await tokens.from_refresh_token(refresh, service)
-        else:
-            raise RegistryError(UNSUPPORTED_GRANT, f"unsupported grant_type {grant_type!r}")
-    except AuthenticationFailed as error:
-        raise _denied(error) from None
+        except AuthenticationFailed as error:
+            raise _denied(request, error) from None
+    else:
+        raise RegistryError(UNSUPPORTED_GRANT, f"unsupported grant_type {str(grant_type)[:40]!r}")
     offline = _first(form, "access_type") == "offline"
-    return json_response(_token_response(tokens, service, principal, parse_scopes(form.get("scope", [])), offline))
+    scopes = parse_scopes(form.get("scope", []))
+    return json_response(_token_response(request, tokens, service, principal, scopes, offline))
 
 
 async def exchange(request: Request, ctx: Context) -> Response:
@@ -122,10 +146,11 @@ async def exchange(request: Request, ctx: Context) -> Response:
     if grant_type not in ("access_token", "access_token_refresh_token"):
         raise RegistryError(UNSUPPORTED_GRANT, f"unsupported grant_type {grant_type!r}")
     access_token = _first(form, "access_token")
-    if not access_token:
-        raise _denied(AuthenticationFailed("access_token is required"))
     try:
+        if not access_token:
+            raise AuthenticationFailed("access_token is required")
         principal = await tokens.from_entra_token(access_token)
     except AuthenticationFailed as error:
-        raise _denied(error) from None
+        raise _denied(request, error) from None
+    audit("token.exchanged", request, principal=principal.subject)
     return json_response({"refresh_token": tokens.refresh_token(service, principal)})

@@ -32,13 +32,14 @@ class Grant:
 
 
 class Authorizer(Protocol):
-    async def authorize(self, request: Request, needed: list[Access]) -> Grant:
-        """The caller's grant if it covers every access; raise a RegistryError (401) otherwise."""
+    async def authorize(self, request: Request, needed: list[Access], wanted: list[Access] | None = None) -> Grant:
+        """The caller's grant if it covers every `needed` access; raise a RegistryError (401,
+        its challenge naming `needed` and `wanted`) otherwise."""
         ...
 
 
 class AllowAll:
     """BERTH_AUTH=none: every request is allowed (local development only)."""
 
-    async def authorize(self, request: Request, needed: list[Access]) -> Grant:
+    async def authorize(self, request: Request, needed: list[Access], wanted: list[Access] | None = None) -> Grant:
         return Grant("anonymous", everything=True)

@@ -50,6 +50,7 @@ class Principal:
     rules: tuple[Rule, ...] = ()
     catalog: bool = False
     app_roles: tuple[str, ...] = ()  # as the Entra token carried them, for refresh tokens
+    generation: str = ""  # a scoped token's password generation, for refresh tokens
 
     @property
     def subject(self) -> str:
@@ -67,7 +68,9 @@ class Principal:
         granted = []
         for scope in requested:
             if scope.type == "repository":
-                allowed = scope.actions & self.actions_on(scope.name)
+                held = self.actions_on(scope.name)
+                # `*` asks for everything the caller holds there (what `skopeo delete` requests).
+                allowed = held if "*" in scope.actions else scope.actions & held
             elif (scope.type, scope.name) == CATALOG and self.catalog:
                 allowed = scope.actions & {"*"}
             else:
@@ -104,13 +107,13 @@ def from_roles(kind: str, id_: str, roles: Iterable[str], assignments: list[tupl
     return Principal(kind, id_, rules, catalog=catalog, app_roles=tuple(roles))
 
 
-def from_scope_map(name: str, scope_map: dict[str, list[str]]) -> Principal:
+def from_scope_map(name: str, scope_map: dict[str, list[str]], generation: str = "") -> Principal:
     """A repository-scoped token: {repository pattern: [content/read, ...]}."""
     rules = tuple(
         Rule(pattern, frozenset(SCOPE_MAP_ACTIONS[a] for a in actions if a in SCOPE_MAP_ACTIONS))
         for pattern, actions in scope_map.items()
     )
-    return Principal("token", name, rules, catalog=False)
+    return Principal("token", name, rules, catalog=False, generation=generation)
 
 
 def _actions(role_names: Iterable[str]) -> frozenset[str]:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import hmac
-import time
+import re
 from dataclasses import dataclass
 
 from registry.auth import roles
 from registry.auth.entra import EntraValidator, InvalidEntraToken
-from registry.auth.passwords import verify_password
+from registry.auth.limits import FailureLimiter
+from registry.auth.passwords import DECOY_HASH, hash_password, is_legacy, verify_password
 from registry.auth.roles import Principal
 from registry.auth.tokens import REFRESH, InvalidToken, TokenIssuer
 from registry.oci.scope import Scope
@@ -18,8 +19,9 @@ from registry.storage.access_store import AccessStore
 
 # ACR's convention: this user name means "the password is a token".
 TOKEN_USER = "00000000-0000-0000-0000-000000000000"
-# Successful scoped-token password checks are remembered briefly: scrypt is slow on purpose.
-PASSWORD_CACHE_SECONDS = 60
+# What `tokens create` accepts as a name; anything else cannot be a scoped token's name.
+TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+MAX_PASSWORD_LENGTH = 16 * 1024  # refresh tokens and Entra tokens are passwords too
 
 
 class AuthenticationFailed(Exception):
@@ -40,35 +42,44 @@ class TokenService:
         self._issuer = issuer
         self._access = access
         self._entra = entra
-        self._password_cache: dict[tuple[str, str], float] = {}
+        self._limiter = FailureLimiter(access, settings.auth_failure_limit, settings.auth_failure_window_seconds)
 
     def anonymous(self) -> Principal:
         return roles.anonymous(self._settings.anonymous_pull)
 
-    async def from_password(self, username: str, password: str, service: str) -> Principal:
-        if username == TOKEN_USER:
-            return await self.from_token(password, service)
+    async def from_password(self, username: str, password: str, service: str, address: str) -> Principal:
+        """The principal these credentials name; AuthenticationFailed (401) or, after too many
+        failures for this name or address, TooManyFailures (429) whatever the password."""
+        counted = None if username == TOKEN_USER else username
+        await self._limiter.check(counted, address)
+        try:
+            if len(password) > MAX_PASSWORD_LENGTH:
+                raise AuthenticationFailed("invalid username or password")
+            if username == TOKEN_USER:
+                return await self.from_token(password, service)
+            return await self._check_password(username, password)
+        except AuthenticationFailed:
+            await self._limiter.failed(counted, address)
+            raise
+
+    async def _check_password(self, username: str, password: str) -> Principal:
         admin_user, admin_password = self._settings.admin_user, self._settings.admin_password
-        if admin_user and admin_password and hmac.compare_digest(username, admin_user):
+        if admin_user and admin_password and hmac.compare_digest(username.encode(), admin_user.encode()):
             if hmac.compare_digest(password.encode(), admin_password.encode()):
                 return roles.admin(admin_user)
             raise AuthenticationFailed("invalid username or password")
-        token = await self._access.get_token(username)
-        if token is None or not token.usable() or not self._password_ok(username, password, token.password_hash):
+        # An unknown or malformed name costs what a known one does, so timing tells nothing.
+        token = await self._access.get_token(username) if TOKEN_NAME.fullmatch(username) else None
+        stored = token.password_hash if token is not None else DECOY_HASH
+        if is_legacy(stored):
+            matches = await asyncio.to_thread(verify_password, password, stored)
+            if matches and token is not None:  # replace the slow hash (best effort)
+                await self._access.set_password(token, hash_password(password), new_generation=False)
+        else:
+            matches = verify_password(password, stored)
+        if token is None or not matches or not token.usable():
             raise AuthenticationFailed("invalid username or password")
-        return roles.from_scope_map(token.name, token.scope_map)
-
-    def _password_ok(self, username: str, password: str, stored: str) -> bool:
-        key = (username, hashlib.sha256(f"{stored}\0{password}".encode()).hexdigest())
-        now = time.monotonic()
-        if self._password_cache.get(key, 0) > now:
-            return True
-        if not verify_password(password, stored):
-            return False
-        if len(self._password_cache) > 1000:
-            self._password_cache.clear()
-        self._password_cache[key] = now + PASSWORD_CACHE_SECONDS
-        return True
+        return roles.from_scope_map(token.name, token.scope_map, token.generation)
 
     async def from_token(self, token: str, service: str) -> Principal:
         """A Berth refresh token, or else an Entra ID access token."""
@@ -79,20 +90,27 @@ class TokenService:
         return await self.from_entra_token(token)
 
     async def from_refresh_token(self, token: str, service: str) -> Principal:
+        """The principal a refresh token was issued to, if the credential behind it still stands:
+        the admin password it was issued under, or the scoped token's generation."""
         try:
             claims = self._issuer.verify(token, REFRESH, service)
         except InvalidToken as error:
             raise AuthenticationFailed(f"invalid refresh token: {error}") from None
         kind, subject = claims.get("kind"), claims["sub"]
         if kind == "admin":
-            if subject != self._settings.admin_user:
+            admin_password = self._settings.admin_password
+            if subject != self._settings.admin_user or admin_password is None:
                 raise AuthenticationFailed("the admin user is disabled")
+            if claims.get("gen") not in self._issuer.fingerprint(admin_password):
+                raise AuthenticationFailed("the admin password has changed since this token was issued")
             return roles.admin(subject)
         if kind == "token":
             scoped = await self._access.get_token(subject)
             if scoped is None or not scoped.usable():
                 raise AuthenticationFailed("the token was revoked or has expired")
-            return roles.from_scope_map(scoped.name, scoped.scope_map)
+            if not hmac.compare_digest(str(claims.get("gen", "")), scoped.generation):
+                raise AuthenticationFailed("the token's password was rotated, or the token re-created")
+            return roles.from_scope_map(scoped.name, scoped.scope_map, scoped.generation)
         if kind == "entra":
             assignments = await self._access.role_assignments(subject)
             return roles.from_roles("entra", subject, claims.get("roles") or [], assignments)
@@ -117,6 +135,13 @@ class TokenService:
         if principal.kind == "anonymous":
             raise AuthenticationFailed("anonymous callers get no refresh token")
         claims: dict[str, object] = {"kind": principal.kind}
+        ttl = None
         if principal.kind == "entra":
+            # Entra app roles travel in the token: it must not outlive a role's removal by long.
             claims["roles"] = list(principal.app_roles)
-        return self._issuer.issue_refresh(service, principal.id, claims)
+            ttl = self._settings.entra_refresh_token_ttl_seconds
+        elif principal.kind == "admin":
+            claims["gen"] = self._issuer.fingerprint(self._settings.admin_password or "")[0]
+        elif principal.kind == "token":
+            claims["gen"] = principal.generation
+        return self._issuer.issue_refresh(service, principal.id, claims, ttl)

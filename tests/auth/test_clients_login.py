@@ -128,3 +128,36 @@ def test_docker_cli_login_and_manifest_inspect(auth_server: Server, repo: str, t
     inspected = run(docker, "--config", config, "manifest", "inspect", "--insecure",
                     f"{auth_server.host}/{repo}:v1").stdout
     assert json.loads(inspected) == json.loads(read_blob(tmp_path / "src", pushed))
+
+
+def test_skopeo_mounts_across_repositories_with_a_scoped_token(auth_server: Server, azurite: Azurite, repo: str,
+                                                               tmp_path: Path) -> None:
+    """A copy between two repositories of this registry mounts the layers (201) when the token
+    may read the source: the client asks for the scopes the mount challenge names."""
+    skopeo = require_tool("skopeo")
+    image_layout(tmp_path / "src", "v1")
+    source, target = f"docker://{auth_server.host}/{repo}:v1", f"docker://{auth_server.host}/{repo}/copy:v1"
+    name = f"mover-{uuid.uuid4().hex[:8]}"
+    password = create_scoped_token(azurite, name, f"{repo}=content/read,content/write",
+                                   f"{repo}/copy=content/read,content/write")
+    creds = f"{name}:{password}"
+    run(skopeo, "copy", "--dest-tls-verify=false", "--dest-creds", creds, f"oci:{tmp_path / 'src'}:v1", source)
+    run(skopeo, "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--src-creds", creds,
+        "--dest-creds", creds, source, target)
+    log = auth_server.log.read_text()
+    mounted = [json.loads(line.split("audit ", 1)[1]) for line in log.splitlines() if "audit {" in line]
+    granted = [set(r.get("granted", [])) for r in mounted if r["event"] == "token.issued"]
+    assert any(f"repository:{repo}:pull" in g and f"repository:{repo}/copy:pull,push" in g for g in granted), (
+        "no token carried pull on the source and push on the target")
+    manifest = json.loads(run(skopeo, "inspect", "--raw", "--tls-verify=false", "--creds", creds, target).stdout)
+    for layer in manifest["layers"]:
+        response = httpx.head(f"{auth_server.url}/v2/{repo}/copy/blobs/{layer['digest']}",
+                              headers={"Authorization": "Bearer " + _token(auth_server, creds, f"{repo}/copy")})
+        assert response.status_code == 200
+
+
+def _token(server: Server, creds: str, repository: str) -> str:
+    user, password = creds.split(":", 1)
+    response = httpx.get(f"{server.url}/oauth2/token", params={"scope": f"repository:{repository}:pull"},
+                         auth=(user, password))
+    return response.json()["token"]
