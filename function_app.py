@@ -41,6 +41,6 @@ async def health(req: Request) -> Response:
 
 @app.timer_trigger(schedule="0 17 * * * *", arg_name="timer", run_on_startup=False)
 async def purge_expired_uploads(timer: func.TimerRequest) -> None:
-    """Hourly: remove upload sessions that expired unfinished, and their staged bytes."""
-    purged = await berth.purge_expired_uploads()
-    logging.info("purged %d expired upload sessions", purged)
+    """Hourly: remove upload sessions that expired unfinished (and their bytes), and old failed-login records."""
+    uploads, failures = await berth.purge_expired()
+    logging.info("purged %d expired upload sessions and %d failed-login records", uploads, failures)

@@ -243,6 +243,8 @@ module functionApp 'modules/functionapp.bicep' = {
       BERTH_ENTRA_TENANT_ID: tenant().tenantId
       BERTH_ENTRA_AUDIENCE: entraAudience
       BERTH_ANONYMOUS_PULL: string(anonymousPull)
+      // The platform's front end appends the caller's address to X-Forwarded-For (failed-login limits).
+      BERTH_TRUSTED_PROXY_HOPS: '1'
     }
     tags: tags
   }

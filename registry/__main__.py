@@ -44,7 +44,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from registry.app import BerthApplication
-    from registry.serving import MAX_HEAD_BYTES, head_limited_protocol
+    from registry.serving import MAX_CONNECTIONS, MAX_HEAD_BYTES, head_limited_protocol
 
     try:
         settings = load_settings()
@@ -82,6 +82,10 @@ def serve(args: argparse.Namespace) -> int:
             timeout_keep_alive=30,
             http=head_limited_protocol(),
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+            limit_concurrency=MAX_CONNECTIONS,
+            # Who is calling is decided by BERTH_TRUSTED_PROXY_HOPS alone, not by uvicorn's own
+            # trust of X-Forwarded-For from loopback peers.
+            proxy_headers=False,
         )
     finally:
         if azurite is not None:
@@ -131,7 +135,9 @@ def with_store(work: Callable[[Context], Awaitable[int]]) -> int:
 
 def purge_uploads(args: argparse.Namespace) -> int:
     async def work(ctx: Context) -> int:
-        print(f"berth: purged {await ctx.store.uploads.purge_expired()} expired upload sessions")
+        cutoff = datetime.now(UTC) - timedelta(seconds=ctx.settings.auth_failure_window_seconds)
+        uploads, failures = await ctx.store.uploads.purge_expired(), await ctx.access.purge_failures(cutoff)
+        print(f"berth: purged {uploads} expired upload sessions and {failures} failed-login records")
         return 0
 
     return with_store(work)
@@ -165,7 +171,7 @@ def tokens_command(args: argparse.Namespace) -> int:
         elif args.action == "rotate":
             token = await access.get_token(args.name)
             password = generate_password()
-            if token is None or not await access.set_password(token, hash_password(password), new_generation=True):
+            if token is None or not await access.set_password(token, hash_password(password)):
                 print(f"berth: no token named {args.name!r} (or it changed meanwhile: try again)", file=sys.stderr)
                 return 1
             print(f"token {args.name} has a new password (its refresh tokens no longer work); shown once:\n"
@@ -216,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--port", type=int, default=5000)
     serve_parser.add_argument("--log-level", default="info")
     serve_parser.add_argument("--access-log", action="store_true", help="log every request")
-    commands.add_parser("purge-uploads", help="delete expired, unfinished uploads and their bytes")
+    commands.add_parser("purge-uploads", help="delete expired, unfinished uploads and their bytes (and old "
+                                          "failed-login records)")
     tokens = commands.add_parser("tokens", help="repository-scoped tokens (ACR tokens + scope maps)")
     token_actions = tokens.add_subparsers(dest="action", required=True)
     create = token_actions.add_parser("create", help="create a token and print its password once")

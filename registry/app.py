@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -75,8 +76,12 @@ class BerthApplication:
     async def handle(self, request: Request) -> Response:
         return await self.api.handle(request)
 
-    async def purge_expired_uploads(self) -> int:
-        return await (await self.context()).store.uploads.purge_expired()
+    async def purge_expired(self) -> tuple[int, int]:
+        """The hourly clean-up: expired upload sessions (with their unfinished bytes) and failed
+        login records older than the lockout window. Returns how many of each."""
+        context = await self.context()
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.auth_failure_window_seconds)
+        return await context.store.uploads.purge_expired(), await context.access.purge_failures(cutoff)
 
     async def close(self) -> None:
         if self._clients is not None:

@@ -54,6 +54,9 @@ class Settings:
     # instance) within the window, before the token endpoint answers 429 until it passes.
     auth_failure_limit: int = 10
     auth_failure_window_seconds: int = 300
+    # Proxies in front of Berth that append the caller's address to X-Forwarded-For (Azure's
+    # front end: 1). 0: the TCP peer is the caller (`serve` with nothing in front).
+    trusted_proxy_hops: int = 0
     admin_user: str | None = None
     admin_password: str | None = None
     anonymous_pull: bool = False
@@ -156,6 +159,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                              24 * 3600),
         auth_failure_limit=_int(env, "BERTH_AUTH_FAILURE_LIMIT", 10, 1, 10000),
         auth_failure_window_seconds=_int(env, "BERTH_AUTH_FAILURE_WINDOW_SECONDS", 300, 10, 24 * 3600),
+        trusted_proxy_hops=_int(env, "BERTH_TRUSTED_PROXY_HOPS", 0, 0, 10),
         admin_user=env.get("BERTH_ADMIN_USER") or None,
         admin_password=env.get("BERTH_ADMIN_PASSWORD") or None,
         anonymous_pull=_bool(env, "BERTH_ANONYMOUS_PULL"),

@@ -76,13 +76,13 @@ class TokenAuthorizer:
             claims = self._issuer.verify(token.strip(), ACCESS, service_name(request, self._settings))
             grant = Grant(claims["sub"], self._issuer.access_scopes(claims))
         except InvalidToken as error:
-            audit("request.denied", request, reason=f"invalid token: {error}")
+            audit("request.denied", request, self._settings, reason=f"invalid token: {error}")
             raise challenge(request, self._settings, challenged, "invalid_token",
                             f"invalid token: {error}") from None
         for access in needed:
             for action in access.actions:
                 if not grant.allows(access.type, access.name, action):
-                    audit("request.denied", request, principal=grant.subject, type=access.type,
+                    audit("request.denied", request, self._settings, principal=grant.subject, type=access.type,
                           name=access.name, action=action, reason="insufficient_scope")
                     raise challenge(request, self._settings, challenged, "insufficient_scope",
                                     f"the token does not allow {action} on {access.type} {access.name}",

@@ -51,6 +51,7 @@ class Principal:
     catalog: bool = False
     app_roles: tuple[str, ...] = ()  # as the Entra token carried them, for refresh tokens
     generation: str = ""  # a scoped token's password generation, for refresh tokens
+    refresh_until: int | None = None  # an Entra principal's refresh tokens end by then (epoch s)
 
     @property
     def subject(self) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 from registry.auth import roles
 from registry.auth.entra import EntraValidator, InvalidEntraToken
@@ -43,6 +44,7 @@ class TokenService:
         self._access = access
         self._entra = entra
         self._limiter = FailureLimiter(access, settings.auth_failure_limit, settings.auth_failure_window_seconds)
+        self._slow_hashes = asyncio.Semaphore(2)
 
     def anonymous(self) -> Principal:
         return roles.anonymous(self._settings.anonymous_pull)
@@ -50,17 +52,16 @@ class TokenService:
     async def from_password(self, username: str, password: str, service: str, address: str) -> Principal:
         """The principal these credentials name; AuthenticationFailed (401) or, after too many
         failures for this name or address, TooManyFailures (429) whatever the password."""
-        counted = None if username == TOKEN_USER else username
-        await self._limiter.check(counted, address)
-        try:
-            if len(password) > MAX_PASSWORD_LENGTH:
-                raise AuthenticationFailed("invalid username or password")
-            if username == TOKEN_USER:
-                return await self.from_token(password, service)
-            return await self._check_password(username, password)
-        except AuthenticationFailed:
-            await self._limiter.failed(counted, address)
-            raise
+        if len(password) > MAX_PASSWORD_LENGTH:
+            raise AuthenticationFailed("invalid username or password")
+        if username == TOKEN_USER:  # a refresh or Entra token: unguessable, so not limited
+            return await self.from_token(password, service)
+        async with self._limiter.attempt(username, address) as attempt:
+            try:
+                return await self._check_password(username, password)
+            except AuthenticationFailed:
+                attempt.failed = True
+                raise
 
     async def _check_password(self, username: str, password: str) -> Principal:
         admin_user, admin_password = self._settings.admin_user, self._settings.admin_password
@@ -72,14 +73,18 @@ class TokenService:
         token = await self._access.get_token(username) if TOKEN_NAME.fullmatch(username) else None
         stored = token.password_hash if token is not None else DECOY_HASH
         if is_legacy(stored):
-            matches = await asyncio.to_thread(verify_password, password, stored)
-            if matches and token is not None:  # replace the slow hash (best effort)
-                await self._access.set_password(token, hash_password(password), new_generation=False)
+            async with self._slow_hashes:  # a few at a time: each costs 16 MiB and tens of ms
+                matches = await asyncio.to_thread(verify_password, password, stored)
         else:
             matches = verify_password(password, stored)
         if token is None or not matches or not token.usable():
             raise AuthenticationFailed("invalid username or password")
-        return roles.from_scope_map(token.name, token.scope_map, token.generation)
+        generation = token.generation
+        if is_legacy(stored) or not generation:
+            # A token from before generations: replace the slow hash and start a generation
+            # (refresh tokens issued before carry none and are refused).
+            generation = await self._access.set_password(token, hash_password(password)) or generation
+        return roles.from_scope_map(token.name, token.scope_map, generation)
 
     async def from_token(self, token: str, service: str) -> Principal:
         """A Berth refresh token, or else an Entra ID access token."""
@@ -108,12 +113,17 @@ class TokenService:
             scoped = await self._access.get_token(subject)
             if scoped is None or not scoped.usable():
                 raise AuthenticationFailed("the token was revoked or has expired")
-            if not hmac.compare_digest(str(claims.get("gen", "")), scoped.generation):
+            generation = str(claims.get("gen", ""))
+            if not generation or not hmac.compare_digest(generation, scoped.generation):
                 raise AuthenticationFailed("the token's password was rotated, or the token re-created")
             return roles.from_scope_map(scoped.name, scoped.scope_map, scoped.generation)
         if kind == "entra":
             assignments = await self._access.role_assignments(subject)
-            return roles.from_roles("entra", subject, claims.get("roles") or [], assignments)
+            principal = roles.from_roles("entra", subject, _strings(claims.get("roles")), assignments)
+            # A refresh token made from this one ends when this chain must: roles frozen at the
+            # Entra sign-in are not carried past it by renewing.
+            until = claims.get("until", claims["exp"])
+            return replace(principal, refresh_until=int(until) if isinstance(until, int) else claims["exp"])
         raise AuthenticationFailed("refresh token of an unknown kind")
 
     async def from_entra_token(self, token: str) -> Principal:
@@ -137,11 +147,19 @@ class TokenService:
         claims: dict[str, object] = {"kind": principal.kind}
         ttl = None
         if principal.kind == "entra":
-            # Entra app roles travel in the token: it must not outlive a role's removal by long.
+            # Entra app roles travel in the token: it must not outlive a role's removal by long,
+            # nor may renewing it (a refresh token for a refresh token) push that limit out.
             claims["roles"] = list(principal.app_roles)
-            ttl = self._settings.entra_refresh_token_ttl_seconds
+            until = principal.refresh_until or int(time.time()) + self._settings.entra_refresh_token_ttl_seconds
+            claims["until"] = until
+            ttl = max(0, until - int(time.time()))
         elif principal.kind == "admin":
             claims["gen"] = self._issuer.fingerprint(self._settings.admin_password or "")[0]
         elif principal.kind == "token":
             claims["gen"] = principal.generation
         return self._issuer.issue_refresh(service, principal.id, claims, ttl)
+
+
+def _strings(value: object) -> list[str]:
+    """A claim that should be a list of strings, as one (anything else in it is ignored)."""
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []

@@ -3,7 +3,7 @@
 Rows: partition "token", key = token name (password hash, scope map, expiry, status, and a
 generation that changes whenever the password does: refresh tokens name the generation they were
 issued under); partition "role:<object id>", key = encoded repository pattern (roles);
-partition "failures", key = a hash of a user name (failed password attempts in the current window).
+partition "failures:<hash of a user name>", one row per failed password attempt (time-ordered keys).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -22,7 +22,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 from registry.storage.metadata import MetadataStore, repository_key, repository_name
 
 TOKEN_PARTITION = "token"
-FAILURE_PARTITION = "failures"
+FAILURE_PARTITION = "failures:"
 ROLE_PARTITION = "role:"
 
 
@@ -45,9 +45,18 @@ def _scoped_token(row: dict) -> ScopedToken:
                        bool(row["enabled"]), row.get("generation", ""), row.metadata["etag"])
 
 
-def _failure_key(name: str) -> str:
-    # Any text may be tried as a user name; a hash is always a legal row key.
-    return hashlib.sha256(name.encode("utf-8", "replace")).hexdigest()
+def _failure_partition(name: str) -> str:
+    # Any text may be tried as a user name; a hash is always a legal key, and one partition per
+    # name keeps a flood of made-up names from heating a single partition.
+    return FAILURE_PARTITION + hashlib.sha256(name.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _time_key(moment: datetime) -> str:
+    return f"{int(moment.timestamp() * 1000):015d}"
+
+
+def _key_time(key: str) -> datetime:
+    return datetime.fromtimestamp(int(key[:15]) / 1000, UTC)
 
 
 def _pattern_key(pattern: str) -> str:
@@ -84,51 +93,55 @@ class AccessStore:
             entity["expires"] = expires
         await self.table.create_entity(entity)
 
-    async def set_password(self, token: ScopedToken, password_hash: str, new_generation: bool) -> bool:
-        """Replace the token's password hash, If-Match the version read; a new generation ends
-        every refresh token issued before. False if the token changed or went meanwhile."""
-        entity = {"PartitionKey": TOKEN_PARTITION, "RowKey": token.name, "hash": password_hash}
-        if new_generation:
-            entity["generation"] = secrets.token_hex(8)
+    async def set_password(self, token: ScopedToken, password_hash: str) -> str | None:
+        """Replace the token's password hash and start a new generation (every refresh token
+        issued before ends), If-Match the version read; the new generation, or None if the
+        token changed or went meanwhile."""
+        generation = secrets.token_hex(8)
+        entity = {"PartitionKey": TOKEN_PARTITION, "RowKey": token.name, "hash": password_hash,
+                  "generation": generation}
         try:
             await self.table.update_entity(entity, mode=UpdateMode.MERGE, etag=token.etag,
                                            match_condition=MatchConditions.IfNotModified)
         except (ResourceModifiedError, ResourceNotFoundError):
-            return False
-        return True
+            return None
+        return generation
 
     async def list_tokens(self) -> list[ScopedToken]:
         rows = self.table.query_entities("PartitionKey eq @pk", parameters={"pk": TOKEN_PARTITION})
         return [_scoped_token(r) async for r in rows]
 
-    # --- failed password attempts (one row per user name, shared by every instance) ---------
+    # --- failed password attempts: one row per failure, in a partition per user name ---------
+    # Rows are only ever inserted (no counter to contend for, no count lost) and counted with a
+    # query bounded by the limit; the hourly purge removes rows older than the window.
 
-    async def failures(self, name: str, window_seconds: int) -> tuple[int, datetime | None]:
-        """Failed attempts for `name` in the current window, and when that window started."""
-        row = await MetadataStore.get(self.table, FAILURE_PARTITION, _failure_key(name))
-        if row is None or row["since"] + timedelta(seconds=window_seconds) < datetime.now(UTC):
-            return 0, None
-        return int(row["count"]), row["since"]
+    async def failures_since(self, name: str, since: datetime, limit: int) -> list[datetime]:
+        """When `name` failed since `since` (at most `limit` of them, oldest first)."""
+        query = "PartitionKey eq @pk and RowKey ge @low"
+        params = {"pk": _failure_partition(name), "low": _time_key(since)}
+        found: list[datetime] = []
+        async for row in self.table.query_entities(query, parameters=params, select=["RowKey"],
+                                                   results_per_page=limit):
+            found.append(_key_time(row["RowKey"]))
+            if len(found) >= limit:
+                break
+        return found
 
-    async def record_failure(self, name: str, window_seconds: int) -> int:
-        """Count one more failed attempt for `name`; the count in the current window."""
-        key = _failure_key(name)
-        for _ in range(3):
-            now = datetime.now(UTC)
-            row = await MetadataStore.get(self.table, FAILURE_PARTITION, key)
-            fresh = row is None or row["since"] + timedelta(seconds=window_seconds) < now
-            entity = {"PartitionKey": FAILURE_PARTITION, "RowKey": key,
-                      "count": 1 if fresh else int(row["count"]) + 1, "since": now if fresh else row["since"]}
-            try:
-                if row is None:
-                    await self.table.create_entity(entity)
-                else:
-                    await self.table.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.metadata["etag"],
-                                                   match_condition=MatchConditions.IfNotModified)
-            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
-                continue  # another instance counted at the same time: count again on top of it
-            return int(entity["count"])
-        return int(entity["count"])
+    async def record_failure(self, name: str) -> None:
+        now = datetime.now(UTC)
+        await self.table.create_entity({"PartitionKey": _failure_partition(name),
+                                        "RowKey": f"{_time_key(now)}-{secrets.token_hex(4)}"})
+
+    async def purge_failures(self, before: datetime) -> int:
+        """Delete failure records older than `before`; returns how many."""
+        query = "PartitionKey ge @low and PartitionKey lt @high and RowKey lt @before"
+        params = {"low": FAILURE_PARTITION, "high": FAILURE_PARTITION[:-1] + chr(ord(FAILURE_PARTITION[-1]) + 1),
+                  "before": _time_key(before)}
+        purged = 0
+        async for row in self.table.query_entities(query, parameters=params, select=["PartitionKey", "RowKey"]):
+            await self.table.delete_entity(row["PartitionKey"], row["RowKey"])
+            purged += 1
+        return purged
 
     async def delete_token(self, name: str) -> bool:
         return await MetadataStore.delete(self.table, TOKEN_PARTITION, name)

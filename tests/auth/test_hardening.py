@@ -281,3 +281,126 @@ def test_authentication_decisions_are_audited(auth_server: Server, repo: str) ->
     issued = [r for r in records if r["event"] == "token.issued" and f"repository:{repo}:pull" in r.get("granted", [])]
     assert issued and issued[-1]["principal"] == f"admin:{ADMIN_USER}" and issued[-1]["address"]
     assert any(r["event"] == "token.denied" for r in records)
+
+
+# --- found by review: what the first version of the hardening let through ---------------------
+
+def test_a_burst_of_parallel_guesses_is_counted_as_it_arrives(servers: dict[str, Server], azurite: Azurite,
+                                                              repo: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    guarded = servers["guarded"]
+    name = f"burst-{uuid.uuid4().hex[:8]}"
+    password = create_scoped_token(azurite, name, f"{repo}=content/read")
+
+    def guess(i: int) -> int:
+        return httpx.get(f"{guarded.url}/oauth2/token", auth=(name, f"guess-{i}"), timeout=60).status_code
+
+    with ThreadPoolExecutor(24) as pool:
+        statuses = list(pool.map(guess, range(24)))
+    assert statuses.count(401) <= 5 and statuses.count(429) >= 19, statuses
+    assert httpx.get(f"{guarded.url}/oauth2/token", auth=(name, password)).status_code == 429
+
+
+def test_renewing_an_entra_refresh_token_does_not_extend_it(servers: dict[str, Server], entra: FakeEntra) -> None:
+    rotating = servers["rotating"]
+    first = httpx.post(f"{rotating.url}/oauth2/exchange",
+                       data={"grant_type": "access_token", "service": rotating.host,
+                             "access_token": entra.token(["AcrPush"])}).json()["refresh_token"]
+    time.sleep(1.1)
+    renewed = httpx.post(f"{rotating.url}/oauth2/token",
+                         data={"grant_type": "refresh_token", "refresh_token": first, "service": rotating.host,
+                               "access_type": "offline"}).json()["refresh_token"]
+    before, after = (jwt.decode(t, options={"verify_signature": False}) for t in (first, renewed))
+    assert after["until"] == before["until"] and after["exp"] <= before["until"]
+
+
+def test_chunked_trailers_cannot_grow_the_request_head(auth_server: Server) -> None:
+    host, port = auth_server.host.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n")
+        answer = b""
+        try:
+            for i in range(64):  # 4 MiB of trailer lines, unless refused first
+                sock.sendall(b"".join(b"X-T%d: %s\r\n" % (i * 64 + j, b"t" * 1000) for j in range(64)))
+            sock.sendall(b"\r\n")
+            answer = sock.recv(200)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    assert answer.startswith(b"HTTP/1.1 431") or answer == b"", answer
+    assert httpx.get(f"{auth_server.url}/v2/").status_code == 401
+
+
+def test_forwarded_for_is_not_trusted_without_a_proxy_in_front(auth_server: Server) -> None:
+    marker = f"xff-{uuid.uuid4().hex[:8]}"
+    httpx.get(f"{auth_server.url}/oauth2/token", auth=(marker, "wrong"), headers={"X-Forwarded-For": "203.0.113.9"})
+    record = audit_record(auth_server, lambda r: r.get("name") == marker)
+    assert record["event"] == "token.denied" and record["address"] == "127.0.0.1"
+
+
+def audit_record(server: Server, wanted: object) -> dict:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in reversed(server.log.read_text().splitlines()):
+            if "berth.audit" in line and "audit {" in line:
+                record = json.loads(line.split("audit ", 1)[1])
+                if wanted(record):  # type: ignore[operator]
+                    return record
+        time.sleep(0.2)
+    raise AssertionError("no such audit record")
+
+
+def test_audit_records_name_the_account_and_stay_short(auth_server: Server, repo: str) -> None:
+    scopes = [f"repository:{repo}/{i}:pull" for i in range(30)]
+    access_token(auth_server, ADMIN_USER, ADMIN_PASSWORD, *scopes)
+    issued = audit_record(auth_server, lambda r: r["event"] == "token.issued" and r.get("requested_more") == 10)
+    assert list(issued)[:2] == ["event", "principal"] and len(issued["requested"]) == 20
+    too_many = httpx.get(f"{auth_server.url}/oauth2/token", auth=(ADMIN_USER, ADMIN_PASSWORD),
+                         params={"scope": [f"repository:{repo}/{i}:pull" for i in range(101)]})
+    assert too_many.status_code == 400
+
+
+def test_refresh_tokens_from_before_generations_are_refused(auth_server: Server, azurite: Azurite,
+                                                            repo: str) -> None:
+    name = f"old-{uuid.uuid4().hex[:8]}"
+    create_scoped_token(azurite, name, f"{repo}=content/read")
+    now = int(time.time())
+    legacy = jwt.encode({"iss": auth_server.host, "aud": auth_server.host, "sub": name, "iat": now, "nbf": now,
+                         "exp": now + 600, "typ": "refresh", "kind": "token"}, SUITE_KEY, algorithm="HS256")
+    assert refresh(auth_server, legacy).status_code == 401
+
+
+def test_a_token_from_before_generations_gets_one_at_its_next_login(auth_server: Server, azurite: Azurite,
+                                                                    repo: str) -> None:
+    import hashlib
+    import secrets as random
+
+    from azure.data.tables import TableServiceClient
+
+    from tests.auth.support import AUTH_PREFIX
+
+    name, password = f"legacy-{uuid.uuid4().hex[:8]}", random.token_urlsafe(32)
+    salt = random.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    table = TableServiceClient.from_connection_string(azurite.connection_string).get_table_client(f"{AUTH_PREFIX}auth")
+    encoded = f"{base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+    table.create_entity({"PartitionKey": "token", "RowKey": name, "enabled": True,
+                         "hash": f"scrypt$16384$8$1${encoded}", "scopes": json.dumps({repo: ["content/read"]})})
+    fresh = refresh_token_for(auth_server, name, password)  # a scrypt hash still verifies
+    assert jwt.decode(fresh, options={"verify_signature": False})["gen"]
+    assert refresh(auth_server, fresh).status_code == 200
+    row = table.get_entity("token", name)
+    assert row["hash"].startswith("sha256$") and row["generation"]
+
+
+def test_old_failed_login_records_are_purged(azurite: Azurite) -> None:
+    from azure.data.tables import TableServiceClient
+
+    from tests.auth.support import AUTH_PREFIX
+
+    table = TableServiceClient.from_connection_string(azurite.connection_string).get_table_client(f"{AUTH_PREFIX}auth")
+    partition = f"failures:{uuid.uuid4().hex}"
+    old = f"{int((time.time() - 3600) * 1000):015d}-0000"
+    table.create_entity({"PartitionKey": partition, "RowKey": old})
+    assert "failed-login records" in cli(azurite, "purge-uploads")
+    assert list(table.query_entities("PartitionKey eq @pk", parameters={"pk": partition})) == []
