@@ -77,10 +77,14 @@ def instances(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """Three Berth instances on one Azurite (redirect delivery), each addressed directly, so a
     test decides which instance takes which request of a push."""
     tmp = tmp_path_factory.mktemp("instances")
-    started = [start_server(azurite, tmp, BERTH_BLOB_DELIVERY="redirect") for _ in range(3)]
-    yield started
-    for instance in started:
-        stop_server(instance)
+    started: list[Server] = []
+    try:
+        for _ in range(3):
+            started.append(start_server(azurite, tmp, BERTH_BLOB_DELIVERY="redirect"))
+        yield started
+    finally:  # also when one fails to start: the others must not outlive the run
+        for instance in started:
+            stop_server(instance)
 
 
 @pytest.fixture(scope="session")

@@ -55,11 +55,14 @@ def servers(azurite: Azurite, entra: FakeEntra,
         "guarded": {"BERTH_AUTH_FAILURE_LIMIT": "5"},
         "guarded_peer": {"BERTH_AUTH_FAILURE_LIMIT": "5"},
     }
-    started = {name: start_server(azurite, tmp, **auth_settings(azurite, entra, **extra))
-               for name, extra in configs.items()}
-    yield started
-    for server in started.values():
-        stop_server(server)
+    started: dict[str, Server] = {}
+    try:
+        for name, extra in configs.items():
+            started[name] = start_server(azurite, tmp, **auth_settings(azurite, entra, **extra))
+        yield started
+    finally:  # also when one of them fails to start: the others must not outlive the run
+        for server in started.values():
+            stop_server(server)
 
 
 def refresh_token_for(server: Server, username: str, password: str) -> str:
