@@ -7,9 +7,12 @@ from starlette.responses import Response
 
 from registry.api.http import Context, empty_response, read_body
 from registry.oci.digest import Digest, digest_of
-from registry.oci.errors import DIGEST_INVALID, RegistryError
+from registry.oci.errors import DIGEST_INVALID, TAG_INVALID, RegistryError
 from registry.oci.manifest import parse_manifest
-from registry.oci.names import parse_reference, validate_tag
+from registry.oci.names import lookup_reference, parse_reference, validate_tag
+from registry.storage.manifests import MAX_TAGS_PER_PUSH
+
+URI_TOO_LONG = 414
 
 
 def _headers(digest: Digest, media_type: str, size: int) -> dict[str, str]:
@@ -22,39 +25,52 @@ def _headers(digest: Digest, media_type: str, size: int) -> dict[str, str]:
 
 
 async def head_manifest(request: Request, ctx: Context, name: str, reference: str) -> Response:
-    stored = await ctx.store.manifests.get(name, parse_reference(reference), with_body=False)
+    stored = await ctx.store.manifests.get(name, lookup_reference(reference), with_body=False)
     return Response(b"", headers=_headers(stored.digest, stored.media_type, stored.size))
 
 
 async def get_manifest(request: Request, ctx: Context, name: str, reference: str) -> Response:
-    stored = await ctx.store.manifests.get(name, parse_reference(reference))
+    stored = await ctx.store.manifests.get(name, lookup_reference(reference))
     assert stored.body is not None
     return Response(stored.body, headers=_headers(stored.digest, stored.media_type, stored.size))
 
 
+def _query_tags(request: Request) -> list[str]:
+    """The `tag` parameters of a PUT by digest (distribution-spec main), each valid, in order."""
+    tags = list(dict.fromkeys(request.query_params.getlist("tag")))
+    if len(tags) > MAX_TAGS_PER_PUSH:
+        raise RegistryError(TAG_INVALID, f"at most {MAX_TAGS_PER_PUSH} tags per manifest PUT, got {len(tags)}",
+                            status=URI_TOO_LONG)
+    return [validate_tag(tag) for tag in tags]
+
+
 async def put_manifest(request: Request, ctx: Context, name: str, reference: str) -> Response:
     parsed_reference = parse_reference(reference)
+    if isinstance(parsed_reference, Digest):
+        tags = _query_tags(request)
+    else:
+        tags = [parsed_reference]  # `?tag=` belongs to a PUT by digest only; here it is ignored
     body = await read_body(request, ctx.settings.max_manifest_bytes)
     manifest = parse_manifest(body, request.headers.get("content-type"))
     if isinstance(parsed_reference, Digest):
         digest = digest_of(body, parsed_reference.algorithm)
         if digest != parsed_reference:
             raise RegistryError(DIGEST_INVALID, f"manifest body has digest {digest}, not {parsed_reference}")
-        tag = None
     else:
         digest = digest_of(body)
-        tag = validate_tag(parsed_reference)
-    await ctx.store.put_manifest(name, digest, body, manifest, tag)
+    await ctx.store.put_manifest(name, digest, body, manifest, tags)
     headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": str(digest)}
     if manifest.subject is not None:
         headers["OCI-Subject"] = str(manifest.subject.digest)
+    if isinstance(parsed_reference, Digest) and tags:
+        headers["OCI-Tag"] = ", ".join(tags)
     return empty_response(201, headers)
 
 
 async def delete_manifest(request: Request, ctx: Context, name: str, reference: str) -> Response:
-    parsed_reference = parse_reference(reference)
+    parsed_reference = lookup_reference(reference)
     if isinstance(parsed_reference, Digest):
-        await ctx.store.manifests.delete(name, parsed_reference)
+        await ctx.store.delete_manifest(name, parsed_reference)
     else:
         await ctx.store.manifests.delete_tag(name, parsed_reference)
     return empty_response(202, {})

@@ -35,7 +35,7 @@ class Route:
 
 
 def _route(path: str, **methods: tuple[Handler, tuple[str, ...] | None]) -> Route:
-    return Route(re.compile(f"^{path}$"), methods)
+    return Route(re.compile(path), methods)
 
 
 # Actions per route: None = public (the token service), () = any authenticated caller.
@@ -131,7 +131,7 @@ class RegistryApi:
         if path in BARE_ROUTES and request.method in ("GET", "HEAD"):
             return await BARE_ROUTES[path](request)
         for route in ROUTES:
-            match = route.pattern.match(path)
+            match = route.pattern.fullmatch(path)
             if match is None:
                 continue
             entry = route.handlers.get(request.method)

@@ -10,7 +10,7 @@ from registry.oci.errors import DIGEST_INVALID, RegistryError
 
 # Algorithm -> exact length of the lowercase hex encoding (OCI image-spec, descriptor.md).
 ALGORITHMS = {"sha256": 64, "sha512": 128}
-_ENCODED = re.compile(r"^[a-f0-9]+$")
+_ENCODED = re.compile(r"[a-f0-9]+")
 
 
 @dataclass(frozen=True, order=True)
@@ -28,7 +28,7 @@ def parse_digest(text: str) -> Digest:
     length = ALGORITHMS.get(algorithm)
     if not sep or length is None:
         raise RegistryError(DIGEST_INVALID, f"unsupported or malformed digest {text[:150]!r}")
-    if len(encoded) != length or not _ENCODED.match(encoded):
+    if len(encoded) != length or not _ENCODED.fullmatch(encoded):
         raise RegistryError(DIGEST_INVALID, f"malformed {algorithm} digest {text[:150]!r}")
     return Digest(algorithm, encoded)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,9 @@ INLINE_MANIFEST_LIMIT = 60 * 1024
 MAX_TABLE_STRING = 32 * 1024
 # Conflicting transactions are retried this often before the client is told to retry.
 ATTEMPTS = 4
+# Tags one manifest PUT may apply (`?tag=`): with the manifest and referrer rows they fit one
+# entity-group transaction of at most 100 operations.
+MAX_TAGS_PER_PUSH = 64
 _CONFLICT_STATUS = (404, 409, 412)
 
 
@@ -69,7 +73,8 @@ class ManifestStore:
         self._metadata = metadata
         self._blobs = blobs
 
-    async def put(self, repository: str, digest: Digest, body: bytes, manifest: Manifest, tag: str | None) -> None:
+    async def put(self, repository: str, digest: Digest, body: bytes, manifest: Manifest,
+                  tags: Sequence[str] = ()) -> None:
         partition = repository_key(repository)
         existing, _ = await asyncio.gather(
             self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest)),
@@ -95,7 +100,7 @@ class ManifestStore:
             else:
                 touch = {"PartitionKey": partition, "RowKey": MANIFEST + str(digest), "pushed": now}
                 operations.append(("update", touch, {"mode": UpdateMode.MERGE, **_conditional(existing)}))
-            if tag is not None:
+            for tag in tags:  # all in the one transaction: every tag is applied, or none
                 tag_row = {"PartitionKey": partition, "RowKey": TAG + tag, "digest": str(digest), **stored}
                 operations.append(("upsert", tag_row, {"mode": UpdateMode.REPLACE}))
             if manifest.subject is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from registry.oci.digest import Digest
 from registry.oci.errors import BLOB_UNKNOWN, NAME_UNKNOWN, RegistryError
@@ -89,10 +89,14 @@ class RegistryStore:
                                         session.has_row)
 
     async def put_manifest(self, repository: str, digest: Digest, body: bytes, manifest: Manifest,
-                           tag: str | None) -> None:
+                           tags: Sequence[str] = ()) -> None:
         # The catalog row is idempotent and harmless before the manifest: one round trip.
-        await asyncio.gather(self.manifests.put(repository, digest, body, manifest, tag),
+        await asyncio.gather(self.manifests.put(repository, digest, body, manifest, tags),
                              self.register_repository(repository))
+
+    async def delete_manifest(self, repository: str, digest: Digest) -> None:
+        """Delete a manifest by digest, with its tags and its own referrer entry."""
+        await self.manifests.delete(repository, digest)
 
     # --- catalog -------------------------------------------------------------------------
 

@@ -174,8 +174,8 @@ def test_retag_moves_the_tag(client: httpx.Client, repo: str) -> None:
 def test_invalid_tags_and_names(client: httpx.Client, repo: str) -> None:
     body = image_manifest(client, repo)
     long_tag = "a" * 129
-    assert error_codes(put_manifest(client, repo, long_tag, body)) == ["MANIFEST_INVALID"]
-    assert error_codes(put_manifest(client, repo, ".hidden", body)) == ["MANIFEST_INVALID"]
+    assert error_codes(put_manifest(client, repo, long_tag, body)) == ["TAG_INVALID"]
+    assert error_codes(put_manifest(client, repo, ".hidden", body)) == ["TAG_INVALID"]
     for name in ("UPPER/case", "double//slash", "trailing-", "-leading", "a" * 256):
         response = client.get(f"/v2/{name}/manifests/latest")
         assert response.status_code == 400, name
