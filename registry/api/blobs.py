@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from registry.api.http import Context, empty_response, parse_range
+from registry.api.http import Context, empty_response, parse_range, storage_serves_range
 from registry.oci.digest import parse_digest
 
 OCTET_STREAM = "application/octet-stream"
@@ -27,11 +27,13 @@ async def head_blob(request: Request, ctx: Context, name: str, digest: str) -> R
 async def get_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
     blob = await ctx.store.blobs.stat(name, parse_digest(digest))
     digest_header = {"Docker-Content-Digest": str(blob.digest)}
-    if ctx.settings.blob_delivery == "redirect":
-        # Storage serves the bytes (and any Range) itself; we only hand out a short-lived URL.
+    range_header = request.headers.get("range")
+    if ctx.settings.blob_delivery == "redirect" and storage_serves_range(range_header, blob.size):
+        # Storage serves the bytes (and the Range) itself; we only hand out a short-lived URL.
+        # Storage's response carries no Docker-Content-Digest: this 307 does.
         url = await ctx.store.blob_url(blob)
         return RedirectResponse(url, status_code=307, headers=digest_header)
-    byte_range = parse_range(request.headers.get("range"), blob.size)
+    byte_range = parse_range(range_header, blob.size)
     headers = {**digest_header, "Content-Type": OCTET_STREAM, "Accept-Ranges": "bytes"}
     if byte_range is None:
         headers["Content-Length"] = str(blob.size)

@@ -55,21 +55,22 @@ def page_request(request: Request, settings: Settings) -> tuple[int, str | None]
     raw = request.query_params.get("n")
     limit = settings.max_page_size
     if raw is not None and raw != "":
-        if not raw.isdigit():
+        if not is_decimal(raw):
             raise RegistryError(PAGINATION_NUMBER_INVALID, f"n must be a non-negative integer, got {raw[:20]!r}")
         limit = min(int(raw), settings.max_page_size)
     return limit, request.query_params.get("last") or None
 
 
-def next_link(path: str, limit: int, last: str) -> dict[str, str]:
-    return {"Link": f'<{path}?{urlencode({"n": limit, "last": last})}>; rel="next"'}
+def next_link(path: str, limit: int, last: str, **query: str) -> dict[str, str]:
+    """The RFC 5988 link to the next page; `query` carries the request's filters on."""
+    return {"Link": f'<{path}?{urlencode({"n": limit, "last": last, **query})}>; rel="next"'}
 
 
 def declared_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not is_decimal(raw):
         raise RegistryError(SIZE_INVALID, f"invalid Content-Length {raw[:20]!r}")
     return int(raw)
 
@@ -89,7 +90,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also takes "²", which int() refuses
+
+
+def is_decimal(text: str) -> bool:
+    return _DIGITS.fullmatch(text) is not None
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -99,9 +105,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """
     if not header:
         return None
-    match = _RANGE.match(header.strip())
+    match = _RANGE.fullmatch(header.strip())
     if not match or (not match.group(1) and not match.group(2)):
-        return None  # RFC 9110: ignore a Range header we do not understand
+        return None  # RFC 9110: ignore a Range header we do not understand (or several ranges)
     first, last = match.group(1), match.group(2)
     if first:
         start = int(first)
@@ -120,3 +126,19 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             headers={"Content-Range": f"bytes */{size}"},
         )
     return start, end
+
+
+def storage_serves_range(header: str | None, size: int) -> bool:
+    """Whether Blob Storage answers this Range as RFC 9110 says, so a redirect may carry it.
+
+    Azure Storage documents `bytes=first-` and `bytes=first-last` only; suffix ranges (Azurite
+    answers them with `Content-Length: NaN`), several ranges, unsatisfiable ranges and headers
+    it may not ignore the way RFC 9110 asks are served by Berth itself.
+    """
+    if not header:
+        return True
+    match = _RANGE.fullmatch(header.strip())
+    if not match or not match.group(1):
+        return False
+    start = int(match.group(1))
+    return start < size and (not match.group(2) or int(match.group(2)) >= start)

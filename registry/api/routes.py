@@ -127,7 +127,9 @@ class RegistryApi:
         return response
 
     async def _dispatch(self, request: Request) -> Response:
-        path = request.url.path
+        # The decoded path as the server received it: `request.url` goes through urlsplit,
+        # which silently drops tabs and newlines ("latest%0A" would read as "latest").
+        path = request.scope["path"]
         if path in BARE_ROUTES and request.method in ("GET", "HEAD"):
             return await BARE_ROUTES[path](request)
         for route in ROUTES:

@@ -13,12 +13,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from registry.api.http import Context, declared_length, empty_response
+from registry.auth import Grant
 from registry.oci.digest import ALGORITHMS, parse_digest
 from registry.oci.errors import BLOB_UPLOAD_INVALID, DIGEST_INVALID, RANGE_INVALID, SIZE_INVALID, RegistryError
 from registry.oci.names import validate_name
 from registry.storage.registry_store import BlobInfo, UploadSession
 
-_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+# The spec's `<start>-<end>`, and RFC 9110's `bytes <start>-<end>/<total or *>` that some clients
+# send; `bytes=` is a Range request's syntax, not a Content-Range, and is refused.
+# Repositories an automatic mount (no `from`) tries, in the order the token names them.
+MAX_MOUNT_SOURCES = 16
+_CONTENT_RANGE = re.compile(r"(?:bytes )?([0-9]+)-([0-9]+)|bytes ([0-9]+)-([0-9]+)/(?:[0-9]+|\*)")
 
 
 def upload_headers(session: UploadSession) -> dict[str, str]:
@@ -51,21 +56,46 @@ def _digest_algorithm(request: Request) -> str:
     return algorithm
 
 
+async def _mount(request: Request, ctx: Context, name: str, mount: str) -> BlobInfo | None:
+    """The blob `?mount=` names, linked into `name` if the caller may read it somewhere.
+
+    Mounting needs pull on a repository that has the blob; without it (or without the blob
+    there) the answer is a fresh session (202) and the client uploads the bytes instead.
+    Without `from` (distribution-spec main: "MAY treat `from` as optional"), any repository
+    the caller's grant lets it pull is a source; with auth off, any repository at all.
+    """
+    digest = parse_digest(mount)
+    grant: Grant = request.state.grant
+    source = request.query_params.get("from")
+    if source:
+        source = validate_name(source)
+        if not grant.allows("repository", source, "pull"):
+            return None
+        return await ctx.store.blobs.mount(name, digest, source)
+    if grant.everything:
+        return await ctx.store.blobs.mount_indexed(name, digest)
+    readable = [scope.name for scope in grant.scopes if scope.type == "repository" and scope.name != name
+                and grant.allows("repository", scope.name, "pull")]
+    for candidate in readable[:MAX_MOUNT_SOURCES]:
+        blob = await ctx.store.blobs.mount(name, digest, candidate)
+        if blob is not None:
+            return blob
+    return None
+
+
 async def start_upload(request: Request, ctx: Context, name: str) -> Response:
     mount = request.query_params.get("mount")
-    source = request.query_params.get("from")
-    if mount and source:
-        digest_to_mount, source = parse_digest(mount), validate_name(source)
-        # Mounting needs pull on the source; without it (or without the blob there) the
-        # answer is a fresh session (202) and the client uploads the bytes instead.
-        if request.state.grant.allows("repository", source, "pull"):
-            blob = await ctx.store.blobs.mount(name, digest_to_mount, source)
-            if blob is not None:
-                return blob_created(name, blob)
+    if mount:
+        blob = await _mount(request, ctx, name, mount)
+        if blob is not None:
+            return blob_created(name, blob)
     digest_param = request.query_params.get("digest")
     if digest_param is None:
         session = await ctx.store.uploads.start(name, caller(request), _digest_algorithm(request))
-        return empty_response(202, upload_headers(session))
+        # Each PATCH ends in its own storage block, and a blob holds at most 50,000 of them:
+        # chunks of at least a block keep every size up to the storage limit reachable.
+        headers = {**upload_headers(session), "OCI-Chunk-Min-Length": str(ctx.settings.block_size)}
+        return empty_response(202, headers)
     # Monolithic upload: the whole blob is this request's body, so no session row is needed;
     # a failure leaves nothing visible, and the client simply pushes again.
     digest = parse_digest(digest_param)
@@ -85,10 +115,12 @@ def _chunk_bounds(request: Request) -> tuple[int | None, int | None]:
     content_range = request.headers.get("content-range")
     if not content_range:
         return None, expected
-    match = _CONTENT_RANGE.match(content_range.strip())
+    match = _CONTENT_RANGE.fullmatch(content_range.strip())
     if not match:
-        raise RegistryError(BLOB_UPLOAD_INVALID, f"malformed Content-Range {content_range[:60]!r}")
-    start, end = int(match.group(1)), int(match.group(2))
+        raise RegistryError(BLOB_UPLOAD_INVALID, f"malformed Content-Range {content_range[:60]!r}; "
+                            "expected <start>-<end>")
+    first, last = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+    start, end = int(first), int(last)
     if end < start:
         raise RegistryError(BLOB_UPLOAD_INVALID, f"malformed Content-Range {content_range[:60]!r}")
     if expected is not None and expected != end - start + 1:

@@ -92,6 +92,16 @@ class BlobStore:
         await self._link(repository, blob)
         return blob
 
+    async def mount_indexed(self, repository: str, digest: Digest) -> BlobInfo | None:
+        """Link the blob the digest index names into `repository`, whichever repository pushed
+        it; None if there is none (or its bytes are not sealed content of that digest)."""
+        entry = await self.index_entry(digest)
+        if entry is None or not holds(await self._content.stat(entry.location), digest, entry.size):
+            return None
+        blob = BlobInfo(digest, entry.size, entry.location)
+        await self._link(repository, blob)
+        return blob
+
     async def _link(self, repository: str, blob: BlobInfo) -> None:
         # Any two links of one digest name valid copies of the same bytes, so the last
         # writer may win; a delete, which must not lose to a new link, is the conditional one.

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from azure.data.tables import UpdateMode
 
 from registry.oci.digest import Digest
 from registry.oci.errors import BLOB_UNKNOWN, NAME_UNKNOWN, RegistryError
@@ -19,12 +22,21 @@ from registry.storage.blobs import BlobInfo, BlobStore, IndexEntry
 from registry.storage.clients import StorageClients
 from registry.storage.content import ContentStore
 from registry.storage.manifests import ManifestStore
-from registry.storage.metadata import CATALOG_PARTITION, MetadataStore, repository_key, repository_name
+from registry.storage.metadata import (
+    CATALOG_PARTITION,
+    MANIFEST,
+    MetadataStore,
+    repository_key,
+    repository_name,
+)
 from registry.storage.uploads import UploadSession, UploadStore
 
 __all__ = ["BlobInfo", "RegistryStore", "UploadSession"]
 
 log = logging.getLogger("berth.storage")
+
+# Catalog row flag: the repository's last manifest was deleted; listings check it has content.
+EMPTIED = "emptied"
 
 
 class RegistryStore:
@@ -90,23 +102,57 @@ class RegistryStore:
 
     async def put_manifest(self, repository: str, digest: Digest, body: bytes, manifest: Manifest,
                            tags: Sequence[str] = ()) -> None:
-        # The catalog row is idempotent and harmless before the manifest: one round trip.
-        await asyncio.gather(self.manifests.put(repository, digest, body, manifest, tags),
-                             self.register_repository(repository))
+        # The catalog row is idempotent and harmless before the manifest: one round trip. A first
+        # push that fails leaves the row flagged, so the catalog lists no empty repository.
+        registering = repository not in self._known_repositories
+        pushed, registered = await asyncio.gather(self.manifests.put(repository, digest, body, manifest, tags),
+                                                  self.register_repository(repository), return_exceptions=True)
+        if isinstance(pushed, BaseException):
+            if registering and not isinstance(registered, BaseException):
+                await self._flag_if_empty(repository)
+            raise pushed
+        if isinstance(registered, BaseException):
+            raise registered
 
     async def delete_manifest(self, repository: str, digest: Digest) -> None:
-        """Delete a manifest by digest, with its tags and its own referrer entry."""
+        """Delete a manifest by digest, with its tags and its own referrer entry.
+
+        A repository left without manifests is flagged in the catalog; listings then check it
+        (see `_listed`), so a push racing this delete on another instance is never hidden.
+        """
         await self.manifests.delete(repository, digest)
+        await self._flag_if_empty(repository)
+
+    async def _flag_if_empty(self, repository: str) -> None:
+        if not await self._has_manifests(repository):
+            self._known_repositories.discard(repository)
+            await self.metadata.catalog.upsert_entity(
+                {"PartitionKey": CATALOG_PARTITION, "RowKey": repository_key(repository), EMPTIED: True},
+                mode=UpdateMode.MERGE,
+            )
 
     # --- catalog -------------------------------------------------------------------------
 
     async def register_repository(self, repository: str) -> None:
         if repository in self._known_repositories:
             return
+        # REPLACE: a push clears the EMPTIED flag a delete may have left.
         await self.metadata.catalog.upsert_entity(
-            {"PartitionKey": CATALOG_PARTITION, "RowKey": repository_key(repository)}
+            {"PartitionKey": CATALOG_PARTITION, "RowKey": repository_key(repository)}, mode=UpdateMode.REPLACE
         )
         self._known_repositories.add(repository)
+
+    async def _has_manifests(self, repository: str) -> bool:
+        rows = self.metadata.scan(self.metadata.repos, repository_key(repository), MANIFEST, limit=1)
+        return await anext(aiter(rows), None) is not None
+
+    async def _listed(self, row: dict[str, Any]) -> bool:
+        """Whether a catalog row names a repository that has content.
+
+        The manifests, not the flag, decide: a push on an instance that registered the
+        repository before (and so writes no catalog row) may land just after a delete set it.
+        """
+        return not row.get(EMPTIED) or await self._has_manifests(repository_name(row["RowKey"]))
 
     async def list_tags(self, repository: str, limit: int, last: str | None) -> tuple[list[str], bool]:
         """Up to `limit` tags after `last` in lexical order, and whether more follow."""
@@ -117,12 +163,17 @@ class RegistryStore:
 
     async def _repository_exists(self, repository: str) -> bool:
         row = await self.metadata.get(self.metadata.catalog, CATALOG_PARTITION, repository_key(repository))
-        return row is not None
+        return row is not None and await self._listed(row)
 
     async def list_repositories(self, limit: int, last: str | None) -> tuple[list[str], bool]:
+        """Up to `limit` repositories after `last` that have content, and whether more follow."""
+        names: list[str] = []
         after = repository_key(last) if last else None
-        rows = [
-            repository_name(row["RowKey"])
-            async for row in self.metadata.scan(self.metadata.catalog, CATALOG_PARTITION, "", after, limit + 1)
-        ]
-        return rows[:limit], len(rows) > limit
+        while True:
+            rows = [row async for row in
+                    self.metadata.scan(self.metadata.catalog, CATALOG_PARTITION, "", after, limit + 1)]
+            listed = await asyncio.gather(*(self._listed(row) for row in rows))
+            names += [repository_name(row["RowKey"]) for row, keep in zip(rows, listed, strict=True) if keep]
+            if len(names) > limit or len(rows) <= limit:
+                return names[:limit], len(names) > limit
+            after = rows[-1]["RowKey"]
