@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import httpx
@@ -98,6 +99,23 @@ def test_mount_needs_pull_on_the_source(auth_server: Server, azurite: Azurite, r
                         f"repository:{b}:pull")
     with httpx.Client(base_url=auth_server.url, headers=bearer(both)) as client:
         assert client.post(f"/v2/{a}/blobs/uploads/", params={"mount": secret, "from": b}).status_code == 201
+
+
+def test_mount_without_from_uses_only_repositories_the_token_may_pull(auth_server: Server, azurite: Azurite,
+                                                                       repos: tuple[str, str]) -> None:
+    a, b = repos
+    admin = access_token(auth_server, ADMIN_USER, ADMIN_PASSWORD, f"repository:{b}:pull,push")
+    with httpx.Client(base_url=auth_server.url, headers=bearer(admin)) as client:
+        secret = push_blob(client, b, os.urandom(64))
+    only_a = access_token(auth_server, ADMIN_USER, ADMIN_PASSWORD, f"repository:{a}:pull,push")
+    with httpx.Client(base_url=auth_server.url, headers=bearer(only_a)) as client:
+        assert client.post(f"/v2/{a}/blobs/uploads/", params={"mount": secret}).status_code == 202
+        assert client.head(f"/v2/{a}/blobs/{secret}").status_code == 404
+    with_b = access_token(auth_server, ADMIN_USER, ADMIN_PASSWORD, f"repository:{a}:pull,push",
+                          f"repository:{b}:pull")
+    with httpx.Client(base_url=auth_server.url, headers=bearer(with_b)) as client:
+        assert client.post(f"/v2/{a}/blobs/uploads/", params={"mount": secret}).status_code == 201
+        assert client.head(f"/v2/{a}/blobs/{secret}").status_code == 200
 
 
 def test_upload_session_belongs_to_its_caller(auth_server: Server, azurite: Azurite,
