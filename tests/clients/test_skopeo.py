@@ -81,9 +81,11 @@ def test_list_tags_and_delete(skopeo: str, server: Server, repo: str, tmp_path: 
         copy(skopeo, f"oci:{tmp_path / 'src'}:v1", f"docker://{server.host}/{repo}:{tag}")
     listed = json.loads(run(skopeo, "list-tags", "--tls-verify=false", f"docker://{server.host}/{repo}"))
     assert listed["Tags"] == ["1.0", "1.1", "latest"]
-    # skopeo deletes the manifest by digest, which takes every tag on it away.
+    # skopeo deletes the manifest by digest, which takes every tag on it away; the repository,
+    # left without manifests, is gone (as in ACR).
     run(skopeo, "delete", "--tls-verify=false", f"docker://{server.host}/{repo}:1.0")
-    assert httpx.get(f"{server.url}/v2/{repo}/tags/list").json()["tags"] == []
+    response = httpx.get(f"{server.url}/v2/{repo}/tags/list")
+    assert response.status_code == 404 and response.json()["errors"][0]["code"] == "NAME_UNKNOWN"
 
 
 def test_pull_through_proxy_delivery(skopeo: str, server: Server, proxy_server: Server, repo: str,
