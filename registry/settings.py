@@ -7,6 +7,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from registry.oci.errors import RegistryError
+from registry.oci.names import validate_name
+
 MiB = 1024 * 1024
 
 
@@ -31,6 +34,8 @@ class Settings:
     blocks_in_flight: int = 4
     max_manifest_bytes: int = 4 * MiB
     max_page_size: int = 1000
+    # Referrers per page when the client gives no smaller `n` (pages are also capped at 1 MiB).
+    referrers_page_size: int = 100
     # Each storage call gives up after this long per attempt (with one quick retry), so a
     # request with storage down answers 503 well inside the platform's 230 s.
     storage_timeout_seconds: int = 10
@@ -60,6 +65,9 @@ class Settings:
     admin_user: str | None = None
     admin_password: str | None = None
     anonymous_pull: bool = False
+    # Repositories whose OCI images are also served as Docker schema 2 to clients that accept
+    # only Docker types (`*`, `name`, `team/*`); empty: none. See README, "Docker renditions".
+    docker_renditions: tuple[str, ...] = ()
     entra_tenant_id: str | None = None
     entra_audiences: tuple[str, ...] = ()
     entra_jwks_url: str | None = None
@@ -118,6 +126,18 @@ def _signing_keys(env: Mapping[str, str]) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+def _repository_patterns(env: Mapping[str, str], key: str) -> tuple[str, ...]:
+    """Comma-separated repository patterns: `*`, an exact name, or `prefix/*`."""
+    patterns = tuple(p.strip() for p in (env.get(key) or "").split(",") if p.strip())
+    for pattern in patterns:
+        try:
+            if pattern != "*":
+                validate_name(pattern.removesuffix("/*"))
+        except RegistryError:
+            raise SettingsError(f"{key}: {pattern!r} is not a repository name, prefix/* or *") from None
+    return patterns
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     account = env.get("BERTH_STORAGE_ACCOUNT")
@@ -147,6 +167,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         blocks_in_flight=_int(env, "BERTH_BLOCKS_IN_FLIGHT", 4, 1, 32),
         max_manifest_bytes=_int(env, "BERTH_MAX_MANIFEST_BYTES", 4 * MiB, 1024, 32 * MiB),
         max_page_size=_int(env, "BERTH_MAX_PAGE_SIZE", 1000, 1, 10000),
+        referrers_page_size=_int(env, "BERTH_REFERRERS_PAGE_SIZE", 100, 1, 1000),
         storage_timeout_seconds=_int(env, "BERTH_STORAGE_TIMEOUT_SECONDS", 10, 1, 60),
         auth=_choice(env, "BERTH_AUTH", "none", ("none", "token")),
         local_data_dir=env.get("BERTH_LOCAL_DATA_DIR") or ".berth-data",
@@ -163,6 +184,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         admin_user=env.get("BERTH_ADMIN_USER") or None,
         admin_password=env.get("BERTH_ADMIN_PASSWORD") or None,
         anonymous_pull=_bool(env, "BERTH_ANONYMOUS_PULL"),
+        docker_renditions=_repository_patterns(env, "BERTH_DOCKER_RENDITIONS"),
         entra_tenant_id=tenant,
         entra_audiences=tuple(a.strip() for a in (env.get("BERTH_ENTRA_AUDIENCE") or "").split(",") if a.strip()),
         entra_jwks_url=env.get("BERTH_ENTRA_JWKS_URL")

@@ -12,6 +12,7 @@ def test_defaults() -> None:
     assert settings.blob_delivery == "redirect"
     assert settings.max_manifest_bytes == 4 * 1024 * 1024
     assert not settings.storage_configured
+    assert settings.referrers_page_size == 100
 
 
 def test_account_name_gives_endpoints() -> None:
@@ -26,6 +27,8 @@ def test_account_name_gives_endpoints() -> None:
     {"BERTH_BLOCK_SIZE": "12abc"},
     {"BERTH_BLOCK_SIZE": "1"},
     {"BERTH_TABLE_PREFIX": "has-dash"},
+    {"BERTH_REFERRERS_PAGE_SIZE": "0"},
+    {"BERTH_REFERRERS_PAGE_SIZE": "1001"},
 ])
 def test_bad_values_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError):

@@ -8,6 +8,13 @@ from starlette.responses import Response
 from registry.api.http import Context, json_response, next_link, page_request
 from registry.oci.digest import parse_digest
 from registry.oci.manifest import OCI_INDEX
+from registry.settings import MiB
+from registry.storage.manifests import encode_listing
+
+# Clients read at most 4 MiB of an index (oras-go, go-containerregistry): a referrers page stays
+# within 1 MiB, unless a single descriptor is larger (it then has a page of its own).
+MAX_REFERRERS_PAGE_BYTES = MiB
+_INDEX_ENVELOPE = 256  # the index around the descriptors
 
 
 async def api_root(request: Request, ctx: Context) -> Response:
@@ -31,7 +38,14 @@ async def catalog(request: Request, ctx: Context) -> Response:
 async def referrers(request: Request, ctx: Context, name: str, digest: str) -> Response:
     subject = parse_digest(digest)
     artifact_type = request.query_params.get("artifactType") or None
-    descriptors = await ctx.store.manifests.list_referrers(name, subject, artifact_type)
-    headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else None
+    limit, last = page_request(request, ctx.settings)
+    limit = min(limit, ctx.settings.referrers_page_size)
+    descriptors, after = await ctx.store.manifests.list_referrers(
+        name, subject, artifact_type, last, limit, MAX_REFERRERS_PAGE_BYTES - _INDEX_ENVELOPE
+    ) if limit else ([], None)
+    headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
+    if after is not None:
+        filters = {"artifactType": artifact_type} if artifact_type else {}
+        headers.update(next_link(f"/v2/{name}/referrers/{subject}", limit, after, **filters))
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
-    return json_response(index, headers=headers, media_type=OCI_INDEX)
+    return Response(encode_listing(index), headers=headers, media_type=OCI_INDEX)

@@ -6,11 +6,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from registry.api.http import Context, empty_response, read_body
+from registry.auth.roles import Rule
+from registry.oci.accept import parse_accept
+from registry.oci.convert import DOCKER_COUNTERPART
 from registry.oci.digest import Digest, digest_of
-from registry.oci.errors import DIGEST_INVALID, TAG_INVALID, RegistryError
-from registry.oci.manifest import parse_manifest
+from registry.oci.errors import DIGEST_INVALID, MANIFEST_UNKNOWN, TAG_INVALID, RegistryError
+from registry.oci.manifest import OCI_MANIFEST, parse_manifest
 from registry.oci.names import lookup_reference, parse_reference, validate_tag
-from registry.storage.manifests import MAX_TAGS_PER_PUSH
+from registry.storage.manifests import MAX_TAGS_PER_PUSH, StoredManifest
 
 URI_TOO_LONG = 414
 
@@ -25,14 +28,43 @@ def _headers(digest: Digest, media_type: str, size: int) -> dict[str, str]:
 
 
 async def head_manifest(request: Request, ctx: Context, name: str, reference: str) -> Response:
-    stored = await ctx.store.manifests.get(name, lookup_reference(reference), with_body=False)
+    stored = await _negotiate(request, ctx, name, reference, with_body=False)
     return Response(b"", headers=_headers(stored.digest, stored.media_type, stored.size))
 
 
 async def get_manifest(request: Request, ctx: Context, name: str, reference: str) -> Response:
-    stored = await ctx.store.manifests.get(name, lookup_reference(reference))
+    stored = await _negotiate(request, ctx, name, reference, with_body=True)
     assert stored.body is not None
     return Response(stored.body, headers=_headers(stored.digest, stored.media_type, stored.size))
+
+
+async def _negotiate(request: Request, ctx: Context, name: str, reference: str, with_body: bool) -> StoredManifest:
+    """The manifest as stored, or its Docker rendition for a client that takes no OCI type.
+
+    Docker-typed manifests are served whatever the Accept (old clients rely on it, as with the
+    reference registry); an OCI one the Accept excludes is 404, unless the repository has
+    renditions and the tag's Docker rendition is acceptable. A digest always gets its own bytes.
+    """
+    parsed = lookup_reference(reference)
+    stored = await ctx.store.manifests.get(name, parsed, with_body=with_body)
+    docker_type = DOCKER_COUNTERPART.get(stored.media_type)
+    if docker_type is None:
+        return stored
+    accept = parse_accept(request.headers.getlist("accept"))
+    if accept.allows(stored.media_type):
+        return stored
+    kind = "manifest" if stored.media_type == OCI_MANIFEST else "index"
+    message = f"OCI {kind} found, but the Accept header does not allow OCI {kind}es"
+    if not isinstance(parsed, Digest) and accept.allows(docker_type) and _renditions_enabled(ctx, name):
+        rendition = await ctx.store.renditions.docker(name, stored.digest, with_body)
+        if rendition is not None:
+            return rendition
+        message += ", and it has no Docker schema 2 equivalent"
+    raise RegistryError(MANIFEST_UNKNOWN, message)
+
+
+def _renditions_enabled(ctx: Context, repository: str) -> bool:
+    return any(Rule(pattern, frozenset()).matches(repository) for pattern in ctx.settings.docker_renditions)
 
 
 def _query_tags(request: Request) -> list[str]:

@@ -7,13 +7,20 @@ Writes that could lose to a concurrent one are conditional:
   read the row (and then the tags) before this push fails on the row's etag and looks again;
 - a manifest delete removes its tags If-Match their etags, so a tag moved meanwhile to
   another manifest is never taken with it.
+
+A referrer row copies the referrer's artifactType and annotations so a page of the referrers
+list is one query; when either does not fit a table property the row says so
+(`detailsInManifest`) and the listing reads them from the referrer manifest itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
 from collections.abc import Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,13 +30,15 @@ from azure.data.tables import TableTransactionError, UpdateMode
 
 from registry.oci.digest import Digest, parse_digest
 from registry.oci.errors import MANIFEST_BLOB_UNKNOWN, MANIFEST_INVALID, MANIFEST_UNKNOWN, RegistryError
-from registry.oci.manifest import Manifest, effective_artifact_type
+from registry.oci.manifest import Manifest, effective_artifact_type, parse_manifest
 from registry.storage.blobs import BlobStore
 from registry.storage.content import MANIFEST_PREFIX, ContentStore
-from registry.storage.errors import unavailable
+from registry.storage.errors import storage_failure, unavailable
 from registry.storage.metadata import (
     MANIFEST,
+    MAX_BATCH,
     REFERRER,
+    RENDITION_OF,
     TAG,
     MetadataStore,
     etag_of,
@@ -41,13 +50,22 @@ from registry.storage.metadata import (
 # Table properties hold at most 64 KiB; manifests up to this size live in the row itself,
 # so a pull by tag or digest is a single point read.
 INLINE_MANIFEST_LIMIT = 60 * 1024
+# A table string holds 32K UTF-16 code units (64 KiB); with two such properties a referrer row
+# stays far below the 1 MiB a row may hold.
 MAX_TABLE_STRING = 32 * 1024
+# Referrer rows whose artifactType or annotations did not fit: the manifest holds them.
+DETAILS_IN_MANIFEST = "detailsInManifest"
+# What the listing copies from a referrer manifest is at most the manifest's own text (see
+# encode_listing); a page counts the manifest's size plus this slack for such a descriptor.
+_DESCRIPTOR_OVERHEAD = 512
 # Conflicting transactions are retried this often before the client is told to retry.
 ATTEMPTS = 4
 # Tags one manifest PUT may apply (`?tag=`): with the manifest and referrer rows they fit one
 # entity-group transaction of at most 100 operations.
 MAX_TAGS_PER_PUSH = 64
 _CONFLICT_STATUS = (404, 409, 412)
+
+log = logging.getLogger("berth.storage")
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,23 @@ def _conflict(error: TableTransactionError) -> bool:
     return error.status_code in _CONFLICT_STATUS
 
 
+def _fits_table_string(text: str) -> bool:
+    return len(text.encode("utf-16-le")) <= 2 * MAX_TABLE_STRING
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def encode_listing(document: Any) -> bytes:
+    """Compact UTF-8 JSON, the encoding referrers pages are sent in and measured by.
+
+    Not ASCII-escaped, so a descriptor is never larger than the manifest text it copies; a lone
+    surrogate (a legal JSON escape, but not UTF-8) is written back as that escape.
+    """
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace")
+
+
 class ManifestStore:
     def __init__(self, content: ContentStore, metadata: MetadataStore, blobs: BlobStore):
         self._content = content
@@ -74,7 +109,10 @@ class ManifestStore:
         self._blobs = blobs
 
     async def put(self, repository: str, digest: Digest, body: bytes, manifest: Manifest,
-                  tags: Sequence[str] = ()) -> None:
+                  tags: Sequence[str] = (), rendition_of: Digest | None = None) -> None:
+        """Store a manifest and apply tags. `rendition_of`: the OCI source of a Docker rendition
+        (renditions.py): the row carries it only if this write creates the row (an existing row
+        is left as it is), and a push of the same bytes by a user takes it away: theirs now."""
         partition = repository_key(repository)
         existing, _ = await asyncio.gather(
             self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest)),
@@ -86,6 +124,8 @@ class ManifestStore:
             await self._content.put_once(location, body)
         now = datetime.now(UTC)
         for _ in range(ATTEMPTS):
+            if existing is not None and rendition_of is not None:
+                return  # the rendition exists: renditions.py settles the rest with its pointer
             # A manifest already stored keeps its media type: the first push decided it.
             media_type = existing["mediaType"] if existing is not None else manifest.media_type
             stored: dict[str, Any] = {"mediaType": media_type, "size": int64(len(body))}
@@ -96,9 +136,13 @@ class ManifestStore:
                        "pushed": now}
                 if manifest.subject is not None:
                     row["subject"] = str(manifest.subject.digest)
+                if rendition_of is not None:
+                    row[RENDITION_OF] = str(rendition_of)
                 operations.append(("create", row, {}))
             else:
                 touch = {"PartitionKey": partition, "RowKey": MANIFEST + str(digest), "pushed": now}
+                if rendition_of is None and existing.get(RENDITION_OF):
+                    touch[RENDITION_OF] = ""
                 operations.append(("update", touch, {"mode": UpdateMode.MERGE, **_conditional(existing)}))
             for tag in tags:  # all in the one transaction: every tag is applied, or none
                 tag_row = {"PartitionKey": partition, "RowKey": TAG + tag, "digest": str(digest), **stored}
@@ -126,14 +170,17 @@ class ManifestStore:
             "size": int64(size),
         }
         artifact_type = effective_artifact_type(manifest)
-        if artifact_type:
+        if artifact_type and _fits_table_string(artifact_type):
             row["artifactType"] = artifact_type
+        elif artifact_type:  # the listing filters on its hash and reads it from the manifest
+            row["artifactTypeSha256"] = _sha256(artifact_type)
+            row[DETAILS_IN_MANIFEST] = True
         if manifest.annotations:
             annotations = json.dumps(manifest.annotations)
-            # A table string holds 32K UTF-16 characters: larger annotations are left out of
-            # the referrers list (the manifest itself keeps them).
-            if len(annotations) <= MAX_TABLE_STRING:
+            if _fits_table_string(annotations):
                 row["annotations"] = annotations
+            else:
+                row[DETAILS_IN_MANIFEST] = True
         return row
 
     async def _check_references(self, repository: str, manifest: Manifest) -> None:
@@ -168,13 +215,16 @@ class ManifestStore:
         if row is None:
             raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} is not in repository {repository}")
         digest = reference if isinstance(reference, Digest) else parse_digest(row["digest"])
-        body: bytes | None = None
-        if with_body:
-            body = row["data"] if "data" in row else await self._content.read_all(row["location"])
+        body = await self.body(row) if with_body else None
         return StoredManifest(digest, row["mediaType"], read_int(row, "size"), row.get("subject"), body)
 
+    async def body(self, row: dict[str, Any]) -> bytes:
+        """The manifest bytes a manifest, tag or rendition row holds or names."""
+        return row["data"] if "data" in row else await self._content.read_all(row["location"])
+
     async def delete(self, repository: str, digest: Digest) -> None:
-        """Delete a manifest, its referrer entry and every tag that points at it."""
+        """Delete a manifest, its referrer entry, every tag that points at it and the entries of
+        its own referrers (which are no longer listed; the referrer manifests stay)."""
         partition = repository_key(repository)
         for _ in range(ATTEMPTS):
             # The row first, then its tags: a push that tags the manifest after the row was read
@@ -192,11 +242,40 @@ class ManifestStore:
             operations.append(("delete", row, _conditional(row)))  # last: in the final batch
             try:
                 await self._metadata.transact(self._metadata.repos, operations)
-                return
+                break
             except TableTransactionError as error:
                 if not _conflict(error):
                     raise
-        raise unavailable(f"manifest {digest} kept changing while it was deleted")
+        else:
+            raise unavailable(f"manifest {digest} kept changing while it was deleted")
+        try:
+            await self._delete_referrer_rows(partition, digest)
+        except Exception as error:
+            # The manifest is gone, as asked; its referrers stay listed, as if pushed before it.
+            if not isinstance(error, RegistryError) and storage_failure(error) is None:
+                raise
+            log.warning("manifest %s deleted, but not the entries of its referrers: %r", digest, error)
+
+    async def _delete_referrer_rows(self, partition: str, subject: Digest) -> None:
+        """Remove every `r:<subject>:*` row, a transaction of at most MAX_BATCH at a time."""
+        conflicts = 0
+        while True:
+            rows = [
+                {"PartitionKey": partition, "RowKey": row["RowKey"]}
+                async for row in self._metadata.scan(self._metadata.repos, partition, f"{REFERRER}{subject}:",
+                                                     limit=MAX_BATCH)
+            ]
+            if not rows:
+                return
+            try:  # unconditional: a referrer re-pushed meanwhile goes with its subject too
+                await self._metadata.repos.submit_transaction([("delete", row, {}) for row in rows])
+            except TableTransactionError as error:
+                # A row deleted meanwhile (its referrer was deleted) fails the batch: read again.
+                if not _conflict(error):
+                    raise
+                conflicts += 1
+                if conflicts == ATTEMPTS:
+                    raise unavailable(f"the referrers of {subject} kept changing while they were deleted") from None
 
     async def _tags_of(self, partition: str, digest: Digest) -> list[Any]:
         return [
@@ -218,19 +297,66 @@ class ManifestStore:
             async for row in self._metadata.scan(self._metadata.repos, partition, TAG, last, limit)
         ]
 
-    async def list_referrers(self, repository: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
+    async def list_referrers(self, repository: str, subject: Digest, artifact_type: str | None,
+                             after: str | None, limit: int, max_bytes: int) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the descriptors of `subject`'s referrers, in digest order after `after`.
+
+        At most `limit` descriptors, together at most `max_bytes` in `encode_listing` (one
+        descriptor always); with the key to continue after, None on the last page.
+        """
         prefix = f"{REFERRER}{subject}:"
-        descriptors = []
-        async for row in self._metadata.scan(self._metadata.repos, repository_key(repository), prefix):
-            descriptor: dict[str, Any] = {
-                "mediaType": row["mediaType"],
-                "digest": row["RowKey"][len(prefix):],
-                "size": read_int(row, "size"),
-            }
-            if row.get("artifactType"):
-                descriptor["artifactType"] = row["artifactType"]
-            if row.get("annotations"):
-                descriptor["annotations"] = json.loads(row["annotations"])
-            if artifact_type is None or descriptor.get("artifactType") == artifact_type:
-                descriptors.append(descriptor)
-        return descriptors
+        extra_filter, parameters = "", {}
+        if artifact_type is not None and _fits_table_string(artifact_type):
+            extra_filter, parameters = " and artifactType eq @type", {"type": artifact_type}
+        elif artifact_type is not None:
+            extra_filter, parameters = " and artifactTypeSha256 eq @type", {"type": _sha256(artifact_type)}
+        page: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        used, more = 0, False
+        rows = self._metadata.scan(self._metadata.repos, repository_key(repository), prefix, after, limit + 1,
+                                   extra_filter, parameters)
+        async with aclosing(rows):
+            async for row in rows:
+                descriptor = _referrer_descriptor(row, prefix)
+                cost = len(encode_listing(descriptor)) + 1
+                if row.get(DETAILS_IN_MANIFEST):
+                    cost += read_int(row, "size") + _DESCRIPTOR_OVERHEAD
+                if len(page) == limit or (page and used + cost > max_bytes):
+                    more = True
+                    break
+                page.append((row, descriptor))
+                used += cost
+        details = [self._details_from_manifest(repository, descriptor)
+                   for row, descriptor in page if row.get(DETAILS_IN_MANIFEST)]
+        missing = {digest for digest in await asyncio.gather(*details) if digest}
+        listed = [descriptor for _, descriptor in page if descriptor["digest"] not in missing]
+        return listed, page[-1][1]["digest"] if more else None
+
+    async def _details_from_manifest(self, repository: str, descriptor: dict[str, Any]) -> str | None:
+        """Fill in artifactType and annotations from the referrer manifest; its digest if it is gone."""
+        try:
+            stored = await self.get(repository, parse_digest(descriptor["digest"]))
+        except RegistryError as error:
+            if error.error is not MANIFEST_UNKNOWN:
+                raise
+            return descriptor["digest"]  # deleted since the page was read: its entry is gone too
+        assert stored.body is not None
+        manifest = parse_manifest(stored.body, stored.media_type)
+        artifact_type = effective_artifact_type(manifest)
+        if artifact_type:
+            descriptor["artifactType"] = artifact_type
+        if manifest.annotations:
+            descriptor["annotations"] = manifest.annotations
+        return None
+
+
+def _referrer_descriptor(row: dict[str, Any], prefix: str) -> dict[str, Any]:
+    descriptor: dict[str, Any] = {
+        "mediaType": row["mediaType"],
+        "digest": row["RowKey"][len(prefix):],
+        "size": read_int(row, "size"),
+    }
+    if row.get("artifactType"):
+        descriptor["artifactType"] = row["artifactType"]
+    if row.get("annotations"):
+        descriptor["annotations"] = json.loads(row["annotations"])
+    return descriptor

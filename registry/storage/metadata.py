@@ -2,7 +2,8 @@
 
 Tables (named with the configured prefix):
 - `<prefix>repos`: one partition per repository; rows `m:<digest>` manifest, `t:<tag>` tag,
-  `b:<digest>` blob link, `r:<subject>:<digest>` referrer, `u:<id>` upload session.
+  `b:<digest>` blob link, `r:<subject>:<digest>` referrer, `u:<id>` upload session,
+  `v:<digest>` the Docker rendition of an OCI manifest.
 - `<prefix>digests`: the content index, partition = digest: where the bytes are, size.
 - `<prefix>catalog`: partition "repository", one row per repository that has manifests.
 """
@@ -25,6 +26,8 @@ TAG = "t:"
 BLOB = "b:"
 REFERRER = "r:"
 UPLOAD = "u:"
+RENDITION = "v:"  # v:<OCI source digest> -> its Docker rendition (renditions.py)
+RENDITION_OF = "renditionOf"  # on a rendition's m: row: the source it was made for
 CATALOG_PARTITION = "repository"
 MAX_BATCH = 100  # entity-group transactions take at most 100 operations
 

@@ -15,7 +15,7 @@ from typing import Any
 from azure.data.tables import UpdateMode
 
 from registry.oci.digest import Digest
-from registry.oci.errors import BLOB_UNKNOWN, NAME_UNKNOWN, RegistryError
+from registry.oci.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, NAME_UNKNOWN, RegistryError
 from registry.oci.manifest import Manifest
 from registry.settings import MiB, Settings
 from registry.storage.blobs import BlobInfo, BlobStore, IndexEntry
@@ -29,6 +29,7 @@ from registry.storage.metadata import (
     repository_key,
     repository_name,
 )
+from registry.storage.renditions import RenditionStore
 from registry.storage.uploads import UploadSession, UploadStore
 
 __all__ = ["BlobInfo", "RegistryStore", "UploadSession"]
@@ -52,6 +53,7 @@ class RegistryStore:
         self.blobs = BlobStore(self.content, self.metadata)
         self.uploads = UploadStore(self.content, self.metadata, settings.upload_ttl_seconds)
         self.manifests = ManifestStore(self.content, self.metadata, self.blobs)
+        self.renditions = RenditionStore(self.metadata, self.manifests)
         # Repositories this instance has registered in the catalog: saves an idempotent write.
         self._known_repositories: set[str] = set()
 
@@ -115,12 +117,20 @@ class RegistryStore:
             raise registered
 
     async def delete_manifest(self, repository: str, digest: Digest) -> None:
-        """Delete a manifest by digest, with its tags and its own referrer entry.
+        """Delete a manifest by digest, with its tags, its own referrer entry and its Docker
+        rendition (renditions.py: only one made for it, never a manifest a user pushed).
 
         A repository left without manifests is flagged in the catalog; listings then check it
         (see `_listed`), so a push racing this delete on another instance is never hidden.
         """
-        await self.manifests.delete(repository, digest)
+        try:
+            await self.manifests.delete(repository, digest)
+        except RegistryError as error:
+            if error.error is MANIFEST_UNKNOWN:  # a delete cut short may have left its rendition
+                await self.renditions.forget(repository, digest)
+            raise
+        # Its Docker rendition goes with it (the rendition may be the last manifest: then first).
+        await self.renditions.forget(repository, digest)
         await self._flag_if_empty(repository)
 
     async def _flag_if_empty(self, repository: str) -> None:
