@@ -23,7 +23,7 @@ from registry.storage.registry_store import BlobInfo, UploadSession
 # send; `bytes=` is a Range request's syntax, not a Content-Range, and is refused.
 # Repositories an automatic mount (no `from`) tries, in the order the token names them.
 MAX_MOUNT_SOURCES = 16
-_CONTENT_RANGE = re.compile(r"(?:bytes )?([0-9]+)-([0-9]+)|bytes ([0-9]+)-([0-9]+)/(?:[0-9]+|\*)")
+_CONTENT_RANGE = re.compile(r"(?:bytes )?([0-9]{1,18})-([0-9]{1,18})|bytes ([0-9]{1,18})-([0-9]{1,18})/(?:[0-9]+|\*)")
 
 
 def upload_headers(session: UploadSession) -> dict[str, str]:

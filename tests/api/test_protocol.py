@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from registry.api.http import is_decimal
 from tests.conftest import Server
 from tests.helpers import error_codes, image_manifest, push_blob, push_image, put_manifest, sha256
 
@@ -220,17 +219,18 @@ def test_page_size_must_be_ascii_digits(client: httpx.Client, repo: str, value: 
     assert error_codes(response) == ["PAGINATION_NUMBER_INVALID"]
 
 
-def test_content_length_must_be_ascii_digits(server: Server, repo: str) -> None:
-    url = urlsplit(server.url)
-    request = (f"POST /v2/{repo}/blobs/uploads/ HTTP/1.1\r\nHost: {url.netloc}\r\n".encode()
-               + b"Content-Length: \xb2\r\nConnection: close\r\n\r\n")
-    with socket.create_connection((url.hostname, url.port), timeout=30) as connection:
-        connection.sendall(request)
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    status = int(answer.split(b" ", 2)[1])
-    assert 400 <= status < 500, answer[:200]
+def test_header_numbers_are_ascii_digits_of_sane_length() -> None:
+    # The HTTP layer (h11, nginx) already refuses a Content-Length like "²"; Berth's own parser
+    # must not rely on that, nor hand int() the 4300+ digits it refuses with a ValueError.
+    for text in ("²", "١٠", "", "-1", " 5", "1" * 19, "9" * 5000):
+        assert not is_decimal(text), text
+    assert is_decimal("0") and is_decimal("9" * 18)
+
+
+def test_an_absurdly_large_page_size_is_clamped(client: httpx.Client, repo: str) -> None:
+    push_image(client, repo, "latest")
+    response = client.get(f"/v2/{repo}/tags/list", params={"n": "9" * 5000})
+    assert response.status_code == 200 and response.json()["tags"] == ["latest"]
 
 
 # --- mounts without `from` ----------------------------------------------------------------
