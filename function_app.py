@@ -27,6 +27,12 @@ async def distribution_api(req: Request) -> Response:
     return await berth.handle(req)
 
 
+@app.route(route="acr/v1/{*path}", methods=["GET", "DELETE", "PATCH"])
+async def acr_metadata_api(req: Request) -> Response:
+    """The ACR metadata API: /acr/v1/_catalog and /acr/v1/<name>[/_tags|/_manifests[/...]]."""
+    return await berth.handle(req)
+
+
 @app.route(route="oauth2/{*path}", methods=["GET", "POST"])
 async def token_service(req: Request) -> Response:
     """The ACR-compatible token service: /oauth2/token and /oauth2/exchange."""
@@ -44,3 +50,10 @@ async def purge_expired_uploads(timer: func.TimerRequest) -> None:
     """Hourly: remove upload sessions that expired unfinished (and their bytes), and old failed-login records."""
     uploads, failures = await berth.purge_expired()
     logging.info("purged %d expired upload sessions and %d failed-login records", uploads, failures)
+
+
+@app.timer_trigger(schedule="0 29 3 * * *", arg_name="timer", run_on_startup=False)
+async def collect_garbage(timer: func.TimerRequest) -> None:
+    """Daily: delete blob bytes no repository links to any more (README, "Garbage collection")."""
+    report = await berth.collect_garbage()
+    logging.info("garbage collection: %s", report.summary())

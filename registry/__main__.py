@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from azure.core.exceptions import ResourceExistsError
 
@@ -143,6 +144,34 @@ def purge_uploads(args: argparse.Namespace) -> int:
     return with_store(work)
 
 
+def _seconds(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a whole number of seconds, not {text!r}")
+    return int(text)
+
+
+def collect_garbage(args: argparse.Namespace) -> int:
+    from registry.storage.gc import CollectionReport
+
+    def progress(step: str, count: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\rberth gc: {step} {count:>8}", end="", file=sys.stderr, flush=True)
+
+    async def work(ctx: Context) -> int:
+        grace = ctx.settings.gc_grace_seconds if args.grace_period is None else args.grace_period
+        settle = ctx.settings.gc_settle_seconds if args.settle is None else args.settle
+        report: CollectionReport = await ctx.store.collector.collect(timedelta(seconds=grace), settle,
+                                                                     args.dry_run, progress)
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        for name in report.would_delete:
+            print(f"would delete {name}")
+        print(f"berth gc: {report.summary()}")
+        return 0
+
+    return with_store(work)
+
+
 def tokens_command(args: argparse.Namespace) -> int:
     from registry.auth.passwords import generate_password, hash_password
     from registry.auth.roles import parse_scope_map
@@ -214,6 +243,116 @@ def roles_command(args: argparse.Namespace) -> int:
     return with_store(work)
 
 
+def _table(rows: list[dict[str, Any]], columns: dict[str, Callable[[dict[str, Any]], Any]]) -> str:
+    """Rows as aligned columns, as `az ... --output table` prints them."""
+    cells = [list(columns)] + [[str(value(row)) for value in columns.values()] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = [cells[0], ["-" * width for width in widths], *cells[1:]]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
+
+
+METADATA_TABLES: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
+    "repo": {"Name": lambda r: r["imageName"], "Manifests": lambda r: r["manifestCount"],
+             "Tags": lambda r: r["tagCount"], "Created": lambda r: r["createdTime"],
+             "LastUpdate": lambda r: r["lastUpdateTime"]},
+    "deleted": {"ManifestsDeleted": lambda r: len(r["manifestsDeleted"]),
+                "TagsDeleted": lambda r: len(r["tagsDeleted"])},
+    "tags": {"Name": lambda t: t["name"], "Digest": lambda t: t["digest"], "LastUpdate": lambda t: t["lastUpdateTime"]},
+    "manifests": {"Digest": lambda m: m["digest"], "Tags": lambda m: ",".join(m.get("tags", [])),
+                  "MediaType": lambda m: m["mediaType"], "ImageSize": lambda m: m["imageSize"],
+                  "LastUpdate": lambda m: m["lastUpdateTime"]},
+}
+
+
+def metadata_command(args: argparse.Namespace) -> int:
+    """`repo show|delete`, `tags list`, `manifests list`: what `az acr repository show|delete`,
+    `show-tags --detail` and `az acr manifest list-metadata` print, read from storage directly."""
+    from registry.api import acr
+    from registry.oci.errors import RegistryError
+    from registry.oci.names import validate_name
+    from registry.storage.attributes import Cursor
+
+    try:
+        validate_name(args.name)
+    except RegistryError as error:
+        print(f"berth: {error.message}", file=sys.stderr)
+        return 2
+    deleting = args.command == "repo" and args.action == "delete"
+    if deleting and not args.yes:
+        if not sys.stdin.isatty():
+            print("berth: repo delete deletes every manifest and tag of the repository; pass --yes to confirm",
+                  file=sys.stderr)
+            return 2
+        answer = input(f"This deletes repository {args.name!r}: every manifest and tag. Continue? (y/n): ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return 1
+    order = None if getattr(args, "orderby", "none") == "none" else args.orderby
+
+    async def work(ctx: Context) -> int:
+        store = ctx.store.attributes
+        registry = ctx.settings.service or (ctx.settings.public_url or "").split("://")[-1] or None
+        limit = ctx.settings.max_page_size
+        try:
+            if deleting:
+                manifests, tags = await ctx.store.delete_repository(args.name)
+                document: Any = {"manifestsDeleted": manifests, "tagsDeleted": tags}
+                table = "deleted"
+            elif args.command == "repo":
+                document = acr.repository_document(registry or "", await store.repository(args.name))
+                table = "repo"
+            elif args.command == "tags":
+                cursor, document, more = Cursor(), [], True
+                while more:
+                    tags_page, more = await store.tags(args.name, limit, cursor, order, None)
+                    document += [acr.tag_document(tag) for tag in tags_page]
+                    cursor = Cursor(tags_page[-1].name, tags_page[-1].updated) if tags_page else cursor
+                table = "tags"
+            else:
+                cursor, document, more = Cursor(), [], True
+                while more:
+                    manifest_page, more = await store.manifests(args.name, limit, cursor, order)
+                    document += [acr.manifest_document(manifest) for manifest in manifest_page]
+                    cursor = Cursor(manifest_page[-1].digest, manifest_page[-1].updated) if manifest_page else cursor
+                table = "manifests"
+        except RegistryError as error:
+            print(f"berth: {error.message}", file=sys.stderr)
+            return 1
+        if args.output == "table":
+            print(_table(document if isinstance(document, list) else [document], METADATA_TABLES[table]))
+        else:
+            print(json.dumps(document, indent=2))
+        return 0
+
+    return with_store(work)
+
+
+def _metadata_parsers(commands: Any) -> None:
+    """The `repo`, `tags` and `manifests` commands (the ACR metadata API from the command line)."""
+    def command(parent: Any, name: str, help_text: str, orderby: bool = False) -> argparse.ArgumentParser:
+        parser = parent.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("name", help="the repository, e.g. team/app")
+        parser.add_argument("--output", "-o", choices=("json", "table"), default="json", help="default: json")
+        if orderby:
+            parser.add_argument("--orderby", choices=("none", "timedesc", "timeasc"), default="none",
+                                help="by last update, newest (timedesc) or oldest (timeasc) first; "
+                                     "default: by name")
+        return parser
+
+    repo = commands.add_parser("repo", help="a repository's attributes, or delete it (az acr repository show|delete)")
+    repo_actions = repo.add_subparsers(dest="action", required=True)
+    command(repo_actions, "show", "counts and times of a repository, as `az acr repository show` prints them")
+    delete = command(repo_actions, "delete", "delete every manifest and tag of a repository and its blob links "
+                                             "(the bytes are left to `gc`)")
+    delete.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    tags = commands.add_parser("tags", help="tags of a repository (az acr repository show-tags --detail)")
+    command(tags.add_subparsers(dest="action", required=True), "list",
+            "every tag of a repository with its digest and times", orderby=True)
+    manifests = commands.add_parser("manifests", help="manifests of a repository (az acr manifest list-metadata)")
+    command(manifests.add_subparsers(dest="action", required=True), "list",
+            "every manifest of a repository with its size, media types and tags", orderby=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m registry", description="Berth, a private OCI registry")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -247,10 +386,21 @@ def main(argv: list[str] | None = None) -> int:
     remove = role_actions.add_parser("remove", help="remove an assignment")
     remove.add_argument("object_id")
     remove.add_argument("--repository", required=True)
+    gc_parser = commands.add_parser("gc", help="delete blob bytes no repository links to any more (safe while "
+                                               "the registry runs)")
+    gc_parser.add_argument("--dry-run", action="store_true", help="report what would be deleted, change nothing")
+    gc_parser.add_argument("--grace-period", type=_seconds, default=None, metavar="SECONDS",
+                           help="leave bytes that changed more recently than this (default: BERTH_GC_GRACE_SECONDS, "
+                                "a day)")
+    gc_parser.add_argument("--settle", type=_seconds, default=None, metavar="SECONDS",
+                           help="wait between condemning and deleting (default: BERTH_GC_SETTLE_SECONDS, 60)")
+    _metadata_parsers(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every storage call at INFO
-    handlers = {"serve": serve, "purge-uploads": purge_uploads, "tokens": tokens_command, "roles": roles_command}
+    handlers = {"serve": serve, "purge-uploads": purge_uploads, "tokens": tokens_command, "roles": roles_command,
+                "gc": collect_garbage, "repo": metadata_command, "tags": metadata_command,
+                "manifests": metadata_command}
     return handlers[args.command](args)
 
 

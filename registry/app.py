@@ -24,6 +24,7 @@ from registry.auth.tokens import TokenIssuer
 from registry.settings import Settings, SettingsError
 from registry.storage.access_store import AccessStore
 from registry.storage.clients import StorageClients, create_clients
+from registry.storage.gc import CollectionReport
 from registry.storage.registry_store import RegistryStore
 
 log = logging.getLogger("berth")
@@ -82,6 +83,12 @@ class BerthApplication:
         context = await self.context()
         cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.auth_failure_window_seconds)
         return await context.store.uploads.purge_expired(), await context.access.purge_failures(cutoff)
+
+    async def collect_garbage(self) -> CollectionReport:
+        """The daily collection of blob bytes no repository links to (README, "Garbage collection")."""
+        context = await self.context()
+        return await context.store.collector.collect(timedelta(seconds=self.settings.gc_grace_seconds),
+                                                     self.settings.gc_settle_seconds)
 
     async def close(self) -> None:
         if self._clients is not None:

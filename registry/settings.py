@@ -36,6 +36,10 @@ class Settings:
     max_page_size: int = 1000
     # Referrers per page when the client gives no smaller `n` (pages are also capped at 1 MiB).
     referrers_page_size: int = 100
+    # Garbage collection (README, "Garbage collection"): unreferenced bytes older than the grace
+    # period are condemned, and deleted after the settle time if still unreferenced.
+    gc_grace_seconds: int = 24 * 3600
+    gc_settle_seconds: int = 60
     # Each storage call gives up after this long per attempt (with one quick retry), so a
     # request with storage down answers 503 well inside the platform's 230 s.
     storage_timeout_seconds: int = 10
@@ -169,6 +173,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_page_size=_int(env, "BERTH_MAX_PAGE_SIZE", 1000, 1, 10000),
         referrers_page_size=_int(env, "BERTH_REFERRERS_PAGE_SIZE", 100, 1, 1000),
         storage_timeout_seconds=_int(env, "BERTH_STORAGE_TIMEOUT_SECONDS", 10, 1, 60),
+        gc_grace_seconds=_int(env, "BERTH_GC_GRACE_SECONDS", 24 * 3600, 0, 365 * 24 * 3600),
+        gc_settle_seconds=_int(env, "BERTH_GC_SETTLE_SECONDS", 60, 0, 3600),
         auth=_choice(env, "BERTH_AUTH", "none", ("none", "token")),
         local_data_dir=env.get("BERTH_LOCAL_DATA_DIR") or ".berth-data",
         public_url=(env.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,

@@ -32,12 +32,17 @@ def test_declares_anonymous_catch_all_routes(function_module: Any) -> None:
     assert binding["route"] == "v2/{*path}"
     assert binding["authLevel"] == "ANONYMOUS"
     assert {m.upper() for m in binding["methods"]} >= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
+    acr = functions["acr_metadata_api"]["bindings"][0]
+    assert acr["route"] == "acr/v1/{*path}" and acr["authLevel"] == "ANONYMOUS"
+    assert {m.upper() for m in acr["methods"]} >= {"GET", "DELETE", "PATCH"}  # PATCH: Berth answers 405
     tokens = functions["token_service"]["bindings"][0]
     assert tokens["route"] == "oauth2/{*path}" and tokens["authLevel"] == "ANONYMOUS"
     health = functions["health"]["bindings"][0]
     assert health["route"] == "health/{*path}" and health["authLevel"] == "ANONYMOUS"
     timer = functions["purge_expired_uploads"]["bindings"][0]
     assert timer["type"] == "timerTrigger" and timer["schedule"] == "0 17 * * * *"
+    collector = functions["collect_garbage"]["bindings"][0]
+    assert collector["type"] == "timerTrigger" and collector["schedule"] == "0 29 3 * * *"
     with open(os.path.join(os.path.dirname(function_module.__file__), "host.json")) as host:
         assert json.load(host)["extensions"]["http"]["routePrefix"] == ""
 
@@ -97,6 +102,8 @@ def test_push_and_pull_through_the_function(function_module: Any) -> None:
             assert status == 201 and headers["docker-content-digest"] == digest(manifest)
             status, headers, body = await call(function_module, "GET", "/v2/fn/app/manifests/v1")
             assert status == 200 and body == manifest
+            status, _, body = await call(function_module, "GET", "/acr/v1/fn/app/_tags", function="acr_metadata_api")
+            assert status == 200 and [t["name"] for t in json.loads(body)["tags"]] == ["v1"]
             status, headers, _ = await call(function_module, "GET", f"/v2/fn/app/blobs/{digest(layer)}")
             assert status == 307 and "sig=" in headers["location"]
             status, _, body = await call(function_module, "GET", "/v2/fn/app/blobs/sha256:abc")

@@ -1,4 +1,4 @@
-"""The route table (/v2 and /oauth2) and the one dispatcher every host calls.
+"""The route table (/v2, /acr/v1 and /oauth2) and the one dispatcher every host calls.
 
 Each route names the access it needs, so authorisation is decided here, before any
 handler runs, and no handler can forget it.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from registry.api import blobs, health, listings, manifests, token, uploads
+from registry.api import acr, blobs, health, listings, manifests, token, uploads
 from registry.api.http import API_VERSION_HEADER, Context, error_response
 from registry.auth import Access, Authorizer
 from registry.oci.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNKNOWN, RegistryError
@@ -40,6 +40,7 @@ def _route(path: str, **methods: tuple[Handler, tuple[str, ...] | None]) -> Rout
 
 # Actions per route: None = public (the token service), () = any authenticated caller.
 PULL, PUSH, DELETE, CATALOG = ("pull",), ("pull", "push"), ("delete",), ("*",)
+METADATA_READ = ("metadata_read",)  # ACR's action for the /acr/v1 reads
 
 ROUTES = [
     _route("/v2/?", GET=(listings.api_root, ()), HEAD=(listings.api_root, ())),
@@ -67,6 +68,15 @@ ROUTES = [
         DELETE=(blobs.delete_blob, DELETE),
     ),
     _route(f"/v2/{_NAME}/referrers/(?P<digest>[^/]+)", GET=(listings.referrers, PULL)),
+    # The ACR metadata API; PATCH (changeable attributes) is not implemented: 405.
+    _route("/acr/v1/_catalog", GET=(acr.catalog, CATALOG)),
+    _route(f"/acr/v1/{_NAME}/_tags", GET=(acr.list_tags, METADATA_READ)),
+    _route(f"/acr/v1/{_NAME}/_tags/(?P<tag>[^/]+)", GET=(acr.get_tag, METADATA_READ),
+           DELETE=(acr.delete_tag, DELETE)),
+    _route(f"/acr/v1/{_NAME}/_manifests", GET=(acr.list_manifests, METADATA_READ)),
+    _route(f"/acr/v1/{_NAME}/_manifests/(?P<digest>[^/]+)", GET=(acr.get_manifest, METADATA_READ),
+           DELETE=(acr.delete_manifest, DELETE)),
+    _route(f"/acr/v1/{_NAME}", GET=(acr.get_repository, METADATA_READ), DELETE=(acr.delete_repository, DELETE)),
     _route("/oauth2/token", GET=(token.get_token, None), POST=(token.post_token, None)),
     _route("/oauth2/exchange", POST=(token.exchange, None)),
     _route("/health/ready", GET=(health.ready, None), HEAD=(health.ready, None)),

@@ -35,6 +35,9 @@ NOT_FOUND = ErrorCode("UNSUPPORTED", 404, "no such endpoint")
 METHOD_NOT_ALLOWED = ErrorCode("UNSUPPORTED", 405, "method not allowed on this endpoint")
 PAYLOAD_TOO_LARGE = ErrorCode("SIZE_INVALID", 413, "payload too large")
 PAGINATION_NUMBER_INVALID = ErrorCode("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested")
+# The ACR metadata API (/acr/v1): a tag that is not there, and a query Berth will not answer.
+TAG_UNKNOWN = ErrorCode("TAG_UNKNOWN", 404, "tag unknown to registry")
+QUERY_UNSUPPORTED = ErrorCode("UNSUPPORTED", 400, "query not supported")
 
 
 class RegistryError(Exception):

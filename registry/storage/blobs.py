@@ -37,6 +37,10 @@ DIGEST = "digest"
 # LENGTH keeps the size it had. It answers a repeated closing PUT, then the purge removes it.
 DROPPED = "dropped"
 LENGTH = "length"
+# Sealed content no link named when the garbage collector looked: it is deleted unless a link
+# names it when the collector looks again, and anyone who needs it first restores it (gc.py).
+CONDEMNED = "condemned"
+CONDEMNED_AT = "condemnedat"
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,39 @@ class BlobStore:
         blob = BlobInfo(digest, entry.size, entry.location)
         await self._link(repository, blob)
         return blob
+
+    async def ensure_readable(self, blob: BlobInfo) -> bool:
+        """Whether the linked bytes are there as sealed content, restoring them if the garbage
+        collector condemned them (which then makes its conditional delete fail); False if gone.
+
+        A manifest push calls this for every blob it references, after reading their links: a
+        collection that condemned a blob before that read sees the link when it looks again, or
+        finds its condemnation undone here; either way it keeps the bytes.
+        """
+        for _ in range(3):
+            state = await self._content.stat(blob.location)
+            if holds(state, blob.digest, blob.size):
+                return True
+            if state is None or state.metadata.get(STATE) != CONDEMNED or state.size != blob.size \
+                    or state.metadata.get(DIGEST) != str(blob.digest):
+                return False
+            try:
+                await self._content.set_metadata(blob.location, sealed_metadata(blob.digest), state.etag)
+                return True
+            except BlobChanged:
+                continue  # deleted or restored meanwhile: look again
+        raise unavailable(f"blob {blob.digest} kept changing while it was checked")
+
+    async def remove_dangling_link(self, repository: str, digest: Digest, location: str) -> None:
+        """Delete a link whose bytes are gone, if it still names them, so the client uploads again."""
+        row = await self._metadata.read_fast(self._metadata.repos, repository_key(repository), BLOB + str(digest))
+        if row is None or row.get("location") != location:
+            return
+        try:
+            await self._metadata.repos.delete_entity(row["PartitionKey"], row["RowKey"], etag=etag_of(row),
+                                                     match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            pass  # relinked or removed meanwhile
 
     async def _link(self, repository: str, blob: BlobInfo) -> None:
         # Any two links of one digest name valid copies of the same bytes, so the last

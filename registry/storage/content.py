@@ -247,6 +247,12 @@ class ContentStore:
                     raise
         raise AssertionError("unreachable")
 
+    async def list(self, prefix: str) -> AsyncIterator[tuple[str, BlobState, datetime]]:
+        """Every blob under `prefix`: name, state and when it last changed (for the collector)."""
+        async for blob in self._container.list_blobs(name_starts_with=prefix, include=["metadata"]):
+            state = BlobState(blob.size, blob.etag, {k.lower(): v for k, v in (blob.metadata or {}).items()})
+            yield blob.name, state, blob.last_modified
+
     async def read(self, name: str, etag: str) -> AsyncIterator[bytes]:
         """The blob's bytes, only while it is still version `etag` (else BlobChanged)."""
         try:

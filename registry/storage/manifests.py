@@ -145,7 +145,8 @@ class ManifestStore:
                     touch[RENDITION_OF] = ""
                 operations.append(("update", touch, {"mode": UpdateMode.MERGE, **_conditional(existing)}))
             for tag in tags:  # all in the one transaction: every tag is applied, or none
-                tag_row = {"PartitionKey": partition, "RowKey": TAG + tag, "digest": str(digest), **stored}
+                tag_row = {"PartitionKey": partition, "RowKey": TAG + tag, "digest": str(digest), **stored,
+                           "updated": now}  # the tag's lastUpdateTime (attributes.py)
                 operations.append(("upsert", tag_row, {"mode": UpdateMode.REPLACE}))
             if manifest.subject is not None:
                 operations.append(("upsert", self._referrer_row(partition, digest, media_type, len(body), manifest),
@@ -194,6 +195,10 @@ class ManifestStore:
                     MANIFEST_INVALID,
                     f"descriptor of {descriptor.digest} says {descriptor.size} bytes; the blob has {blob.size}",
                 )
+            # The bytes too, not only the link: the garbage collector may have condemned them.
+            if not await self._blobs.ensure_readable(blob):
+                await self._blobs.remove_dangling_link(repository, blob.digest, blob.location)
+                return f"the bytes of blob {descriptor.digest} are gone; push it again"
             return None
 
         async def child_problem(descriptor: Any) -> str | None:
@@ -222,9 +227,10 @@ class ManifestStore:
         """The manifest bytes a manifest, tag or rendition row holds or names."""
         return row["data"] if "data" in row else await self._content.read_all(row["location"])
 
-    async def delete(self, repository: str, digest: Digest) -> None:
+    async def delete(self, repository: str, digest: Digest) -> list[str]:
         """Delete a manifest, its referrer entry, every tag that points at it and the entries of
-        its own referrers (which are no longer listed; the referrer manifests stay)."""
+        its own referrers (which are no longer listed; the referrer manifests stay). Returns the
+        tags it deleted."""
         partition = repository_key(repository)
         for _ in range(ATTEMPTS):
             # The row first, then its tags: a push that tags the manifest after the row was read
@@ -255,6 +261,7 @@ class ManifestStore:
             if not isinstance(error, RegistryError) and storage_failure(error) is None:
                 raise
             log.warning("manifest %s deleted, but not the entries of its referrers: %r", digest, error)
+        return [tag["RowKey"][len(TAG):] for tag in tags]
 
     async def _delete_referrer_rows(self, partition: str, subject: Digest) -> None:
         """Remove every `r:<subject>:*` row, a transaction of at most MAX_BATCH at a time."""

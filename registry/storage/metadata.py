@@ -123,8 +123,10 @@ class MetadataStore:
         limit: int | None = None,
         extra_filter: str = "",
         parameters: dict[str, Any] | None = None,
+        select: list[str] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Rows of one partition whose key starts with prefix, in key order, after `after`."""
+        """Rows of one partition whose key starts with prefix, in key order, after `after`;
+        with `select`, only those properties (and the keys) are read."""
         query = "PartitionKey eq @pk and RowKey gt @low"
         params = {"pk": partition, "low": prefix + after if after else prefix, **(parameters or {})}
         if prefix:
@@ -133,7 +135,8 @@ class MetadataStore:
         query += extra_filter
         page_size = min(limit, 1000) if limit else 1000
         count = 0
-        async for entity in table.query_entities(query, parameters=params, results_per_page=page_size):
+        chosen = {"select": select} if select else {}
+        async for entity in table.query_entities(query, parameters=params, results_per_page=page_size, **chosen):
             yield entity
             count += 1
             if limit is not None and count >= limit:

@@ -12,19 +12,24 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableTransactionError, UpdateMode
 
-from registry.oci.digest import Digest
+from registry.oci.digest import Digest, parse_digest
 from registry.oci.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, NAME_UNKNOWN, RegistryError
-from registry.oci.manifest import Manifest
+from registry.oci.manifest import Manifest, parse_manifest
 from registry.settings import MiB, Settings
+from registry.storage.attributes import AttributeStore
 from registry.storage.blobs import BlobInfo, BlobStore, IndexEntry
 from registry.storage.clients import StorageClients
 from registry.storage.content import ContentStore
+from registry.storage.errors import unavailable
+from registry.storage.gc import GarbageCollector
 from registry.storage.manifests import ManifestStore
 from registry.storage.metadata import (
+    BLOB,
     CATALOG_PARTITION,
     MANIFEST,
+    RENDITION_OF,
     MetadataStore,
     repository_key,
     repository_name,
@@ -38,6 +43,13 @@ log = logging.getLogger("berth.storage")
 
 # Catalog row flag: the repository's last manifest was deleted; listings check it has content.
 EMPTIED = "emptied"
+# A repository delete looks this often for manifests pushed while it ran before giving up (503).
+REPOSITORY_DELETE_PASSES = 8
+# Manifests a repository delete removes at once.
+REPOSITORY_DELETE_CONCURRENCY = 8
+# How long a repository delete waits after removing the links before it checks the manifests
+# pushed meanwhile: a push writes its manifest within this of checking its blobs.
+REPOSITORY_DELETE_SETTLE_SECONDS = 1.0
 
 
 class RegistryStore:
@@ -54,6 +66,8 @@ class RegistryStore:
         self.uploads = UploadStore(self.content, self.metadata, settings.upload_ttl_seconds)
         self.manifests = ManifestStore(self.content, self.metadata, self.blobs)
         self.renditions = RenditionStore(self.metadata, self.manifests)
+        self.attributes = AttributeStore(self.content, self.metadata, self.blobs, self.manifests)
+        self.collector = GarbageCollector(self.content, self.metadata)
         # Repositories this instance has registered in the catalog: saves an idempotent write.
         self._known_repositories: set[str] = set()
 
@@ -132,6 +146,80 @@ class RegistryStore:
         # Its Docker rendition goes with it (the rendition may be the last manifest: then first).
         await self.renditions.forget(repository, digest)
         await self._flag_if_empty(repository)
+
+    async def delete_repository(self, repository: str) -> tuple[list[str], list[str]]:
+        """Delete every manifest of a repository as `delete_manifest` does (tags, referrer entries,
+        rendition), then its blob links; upload sessions expire on their own and blob bytes are
+        the garbage collector's. Returns (manifests, tags) deleted.
+
+        Manifests go only through ManifestStore.delete (If-Match), so no tag outlives its
+        manifest. A push landing meanwhile on another instance either has all its blobs linked
+        once the links went (it linked them after: it stays, whole) or not (it is deleted with
+        its tags); passes repeat until no manifest lacks a blob or child. Links a refused or
+        deleted concurrent push made may stay.
+        """
+        partition = repository_key(repository)
+        manifests: list[str] = []
+        tags: list[str] = []
+        gate = asyncio.Semaphore(REPOSITORY_DELETE_CONCURRENCY)
+
+        async def delete(row: dict[str, Any]) -> None:
+            digest = parse_digest(row["RowKey"][len(MANIFEST):])
+            async with gate:
+                try:
+                    tags.extend(await self.manifests.delete(repository, digest))
+                    if not row.get(RENDITION_OF):
+                        manifests.append(str(digest))
+                except RegistryError as error:
+                    if error.error is not MANIFEST_UNKNOWN:  # gone already: a rendition with its source
+                        raise
+                await self.renditions.forget(repository, digest)
+
+        async def delete_all(rows: list[dict[str, Any]]) -> None:
+            # Sources first: their renditions go with them.
+            await asyncio.gather(*(delete(row) for row in rows if not row.get(RENDITION_OF)))
+            await asyncio.gather(*(delete(row) for row in rows if row.get(RENDITION_OF)))
+
+        rows = [row async for row in self.metadata.scan(self.metadata.repos, partition, MANIFEST,
+                                                        select=["RowKey", RENDITION_OF])]
+        if not rows:
+            raise RegistryError(NAME_UNKNOWN, f"repository {repository} is not known to this registry")
+        await delete_all(rows)
+        await self._unlink_all(partition)
+        # A push that checked its blobs before their links went has written its manifest by now.
+        await asyncio.sleep(REPOSITORY_DELETE_SETTLE_SECONDS)
+        for _ in range(REPOSITORY_DELETE_PASSES):
+            rows = [row async for row in self.metadata.scan(self.metadata.repos, partition, MANIFEST)]
+            complete = await asyncio.gather(*(self._complete(repository, row) for row in rows))
+            broken = [row for row, whole in zip(rows, complete, strict=True) if not whole]
+            if not broken:  # pushed after the links went, with links of their own: they stay
+                break
+            await delete_all(broken)  # an index whose child this deletes is broken next pass
+        else:
+            raise unavailable(f"repository {repository} kept changing while it was deleted")
+        await self._flag_if_empty(repository)
+        return sorted(set(manifests)), sorted(set(tags))
+
+    async def _unlink_all(self, partition: str) -> None:
+        """Remove every blob link of a repository (unconditional: a push may link again)."""
+        for _ in range(REPOSITORY_DELETE_PASSES):
+            links = [{"PartitionKey": partition, "RowKey": row["RowKey"]} async for row in
+                     self.metadata.scan(self.metadata.repos, partition, BLOB, select=["RowKey"])]
+            try:
+                await self.metadata.transact(self.metadata.repos, [("delete", link, {}) for link in links])
+                return
+            except TableTransactionError as error:
+                if error.status_code not in (404, 409, 412):  # a link deleted meanwhile: read them again
+                    raise
+        raise unavailable("blob links kept changing while they were deleted")
+
+    async def _complete(self, repository: str, row: dict[str, Any]) -> bool:
+        """Whether every blob and child manifest a stored manifest names is in its repository."""
+        manifest = parse_manifest(await self.manifests.body(row), row["mediaType"])
+        partition = repository_key(repository)
+        keys = [BLOB + str(d.digest) for d in manifest.blobs] + [MANIFEST + str(d.digest) for d in manifest.children]
+        found = await asyncio.gather(*(self.metadata.read_fast(self.metadata.repos, partition, key) for key in keys))
+        return all(row is not None for row in found)
 
     async def _flag_if_empty(self, repository: str) -> None:
         if not await self._has_manifests(repository):

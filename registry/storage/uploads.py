@@ -33,7 +33,7 @@ from registry.oci.errors import (
     SIZE_INVALID,
     RegistryError,
 )
-from registry.storage.blobs import DIGEST, DROPPED, LENGTH, SEALED, STATE, sealed_metadata
+from registry.storage.blobs import CONDEMNED, DIGEST, DROPPED, LENGTH, SEALED, STATE, sealed_metadata
 from registry.storage.content import (
     MAX_BLOCKS,
     UPLOAD_PREFIX,
@@ -165,6 +165,8 @@ class UploadStore:
         if blob is None:
             return session
         state = blob.metadata.get(STATE, OPEN)
+        if state == CONDEMNED:  # finished content the garbage collector may take: still finished
+            state = SEALED
         if state == CANCELLED or (state in (SEALED, DROPPED) and not finished_ok):
             raise _unknown()
         if state == DROPPED:  # finished, and its bytes dropped for an identical indexed copy
@@ -338,7 +340,8 @@ class UploadStore:
         columns = ["PartitionKey", "RowKey", "location"]
         async for row in self._metadata.repos.query_entities(query, parameters=params, select=columns):
             blob = await self._content.stat(row["location"])
-            if blob is not None and blob.metadata.get(STATE) != SEALED:  # sealed: finished content
+            # Sealed or condemned: finished content, the garbage collector's to judge.
+            if blob is not None and blob.metadata.get(STATE) not in (SEALED, CONDEMNED):
                 await self._content.delete(row["location"], blob.etag)
             await self._metadata.repos.delete_entity(row["PartitionKey"], row["RowKey"])
             purged += 1
