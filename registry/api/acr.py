@@ -109,8 +109,8 @@ def repository_document(registry: str, repository: RepositoryAttributes) -> dict
 
 async def catalog(request: Request, ctx: Context) -> Response:
     limit, last = page_request(request, ctx.settings)
-    names, more = await ctx.store.list_repositories(limit, last) if limit else ([], False)
-    headers = next_link("/acr/v1/_catalog", limit, names[-1]) if more else None
+    names, after = await ctx.store.list_repositories(limit, last) if limit else ([], None)
+    headers = next_link("/acr/v1/_catalog", limit, after) if after is not None else None
     return json_response({"repositories": names}, headers=headers)
 
 

@@ -30,8 +30,8 @@ async def list_tags(request: Request, ctx: Context, name: str) -> Response:
 
 async def catalog(request: Request, ctx: Context) -> Response:
     limit, last = page_request(request, ctx.settings)
-    names, more = await ctx.store.list_repositories(limit, last) if limit else ([], False)
-    headers = next_link("/v2/_catalog", limit, names[-1]) if more else None
+    names, after = await ctx.store.list_repositories(limit, last) if limit else ([], None)
+    headers = next_link("/v2/_catalog", limit, after) if after is not None else None
     return json_response({"repositories": names}, headers=headers)
 
 

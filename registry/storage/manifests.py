@@ -50,6 +50,9 @@ from registry.storage.metadata import (
 # Table properties hold at most 64 KiB; manifests up to this size live in the row itself,
 # so a pull by tag or digest is a single point read.
 INLINE_MANIFEST_LIMIT = 60 * 1024
+# The inline copies one push transaction may carry; the rest of its 4 MiB is the referrer row
+# (at most two 64 KiB properties) and the rows' other properties.
+INLINE_TRANSACTION_BYTES = 3 * 1024 * 1024
 # A table string holds 32K UTF-16 code units (64 KiB); with two such properties a referrer row
 # stays far below the 1 MiB a row may hold.
 MAX_TABLE_STRING = 32 * 1024
@@ -119,7 +122,9 @@ class ManifestStore:
             self._check_references(repository, manifest),
         )
         location = None
-        if len(body) > INLINE_MANIFEST_LIMIT:
+        # Each tag row carries a copy of an inline body, and a transaction holds at most 4 MiB:
+        # many tags of a large body keep it in a blob instead (the rows then name it).
+        if len(body) > INLINE_MANIFEST_LIMIT or len(body) * (len(tags) + 1) > INLINE_TRANSACTION_BYTES:
             location = f"{MANIFEST_PREFIX}{digest.algorithm}/{digest.hex}"
             await self._content.put_once(location, body)
         now = datetime.now(UTC)

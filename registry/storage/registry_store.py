@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from azure.data.tables import TableTransactionError, UpdateMode
@@ -41,6 +42,10 @@ __all__ = ["BlobInfo", "RegistryStore", "UploadSession"]
 
 log = logging.getLogger("berth.storage")
 
+# Catalog reads one listing makes at most when emptied repositories thin a page out.
+CATALOG_PASSES = 4
+# Manifest rows `_has_manifests` reads at most (renditions sort among them).
+HAS_MANIFESTS_PROBE = 100
 # Catalog row flag: the repository's last manifest was deleted; listings check it has content.
 EMPTIED = "emptied"
 # A repository delete looks this often for manifests pushed while it ran before giving up (503).
@@ -140,8 +145,9 @@ class RegistryStore:
         try:
             await self.manifests.delete(repository, digest)
         except RegistryError as error:
-            if error.error is MANIFEST_UNKNOWN:  # a delete cut short may have left its rendition
+            if error.error is MANIFEST_UNKNOWN:  # a delete cut short (503) may have left these
                 await self.renditions.forget(repository, digest)
+                await self._flag_if_empty(repository)
             raise
         # Its Docker rendition goes with it (the rendition may be the last manifest: then first).
         await self.renditions.forget(repository, digest)
@@ -241,8 +247,17 @@ class RegistryStore:
         self._known_repositories.add(repository)
 
     async def _has_manifests(self, repository: str) -> bool:
-        rows = self.metadata.scan(self.metadata.repos, repository_key(repository), MANIFEST, limit=1)
-        return await anext(aiter(rows), None) is not None
+        """Whether the repository holds a manifest that is not a Docker rendition (a rendition
+        alone, whose source is being deleted, is on its way out with it)."""
+        rows = self.metadata.scan(self.metadata.repos, repository_key(repository), MANIFEST,
+                                  limit=HAS_MANIFESTS_PROBE, select=["RowKey", RENDITION_OF])
+        seen = 0
+        async with aclosing(rows):
+            async for row in rows:
+                seen += 1
+                if not row.get(RENDITION_OF):
+                    return True
+        return seen == HAS_MANIFESTS_PROBE  # that many renditions in a row: assume a source too
 
     async def _listed(self, row: dict[str, Any]) -> bool:
         """Whether a catalog row names a repository that has content.
@@ -263,15 +278,21 @@ class RegistryStore:
         row = await self.metadata.get(self.metadata.catalog, CATALOG_PARTITION, repository_key(repository))
         return row is not None and await self._listed(row)
 
-    async def list_repositories(self, limit: int, last: str | None) -> tuple[list[str], bool]:
-        """Up to `limit` repositories after `last` that have content, and whether more follow."""
+    async def list_repositories(self, limit: int, last: str | None) -> tuple[list[str], str | None]:
+        """Up to `limit` repositories after `last` that have content, and the name to continue
+        after (None: the last page). Emptied repositories are skipped; after CATALOG_PASSES
+        reads the page may be short (the spec allows it), so no listing costs more than that."""
         names: list[str] = []
         after = repository_key(last) if last else None
-        while True:
+        for _ in range(CATALOG_PASSES):
             rows = [row async for row in
                     self.metadata.scan(self.metadata.catalog, CATALOG_PARTITION, "", after, limit + 1)]
             listed = await asyncio.gather(*(self._listed(row) for row in rows))
             names += [repository_name(row["RowKey"]) for row, keep in zip(rows, listed, strict=True) if keep]
-            if len(names) > limit or len(rows) <= limit:
-                return names[:limit], len(names) > limit
+            if len(names) > limit:
+                return names[:limit], names[limit - 1]
+            if len(rows) <= limit:
+                return names, None
             after = rows[-1]["RowKey"]
+        assert after is not None
+        return names, repository_name(after)

@@ -291,3 +291,25 @@ def test_a_failed_first_push_lists_no_repository(client: httpx.Client, repo: str
     response = put_manifest(client, f"{repo}/empty", "v1", body)  # its blobs are in `repo` only
     assert error_codes(response) == ["MANIFEST_BLOB_UNKNOWN"]
     assert f"{repo}/empty" not in _catalog(client)
+
+
+def test_a_catalog_page_thinned_by_emptied_repositories_stays_cheap_and_continues(client: httpx.Client,
+                                                                                 repo: str) -> None:
+    # Twelve emptied repositories sort before a live one: a page of one may come back short
+    # (at most four catalog reads per request), and its Link still leads on to the live one.
+    for index in range(12):
+        digest, _ = push_image(client, f"{repo}/a{index:02}", "v1")
+        assert client.delete(f"/v2/{repo}/a{index:02}/manifests/{digest}").status_code == 202
+    push_image(client, f"{repo}/z", "v1")
+    seen, last, requests = [], repo, 0
+    while last is not None and requests < 20:
+        response = client.get("/v2/_catalog", params={"n": 1, "last": last})
+        requests += 1
+        names = response.json()["repositories"]
+        assert len(names) <= 1
+        seen += [name for name in names if name.startswith(f"{repo}/")]
+        link = response.headers.get("Link")
+        last = httpx.URL(link[1:link.index(">")]).params["last"] if link else None
+        if seen:
+            break
+    assert seen == [f"{repo}/z"] and requests > 1
