@@ -298,6 +298,8 @@ def metadata_command(args: argparse.Namespace) -> int:
                 manifests, tags = await ctx.store.delete_repository(args.name)
                 document: Any = {"manifestsDeleted": manifests, "tagsDeleted": tags}
                 table = "deleted"
+            elif args.command == "repo" and args.action == "update":
+                document, table = await _update_locks(ctx, args, registry or "")
             elif args.command == "repo":
                 document = acr.repository_document(registry or "", await store.repository(args.name))
                 table = "repo"
@@ -327,6 +329,34 @@ def metadata_command(args: argparse.Namespace) -> int:
     return with_store(work)
 
 
+LOCK_OPTIONS = {"write_enabled": "writeEnabled", "delete_enabled": "deleteEnabled", "read_enabled": "readEnabled",
+                "list_enabled": "listEnabled"}
+
+
+async def _update_locks(ctx: Context, args: argparse.Namespace, registry: str) -> tuple[Any, str]:
+    """`repo update`: set the changeable attributes (locks) of a repository, a tag or a manifest."""
+    from registry.api import acr
+    from registry.oci.digest import parse_digest
+    from registry.oci.errors import QUERY_UNSUPPORTED, RegistryError
+    from registry.oci.names import validate_tag
+
+    changes = {flag: value == "true" for option, flag in LOCK_OPTIONS.items()
+               if (value := getattr(args, option)) is not None}
+    if not changes:
+        raise RegistryError(QUERY_UNSUPPORTED, "nothing to update: give --write-enabled, --delete-enabled, "
+                            "--read-enabled or --list-enabled")
+    store = ctx.store
+    if args.tag:
+        await store.manifests.set_tag_locks(args.name, validate_tag(args.tag), changes)
+        return acr.tag_document(await store.attributes.tag(args.name, args.tag)), "tags"
+    if args.digest:
+        digest = parse_digest(args.digest)
+        await store.manifests.set_manifest_locks(args.name, digest, changes)
+        return acr.manifest_document(await store.attributes.manifest(args.name, digest)), "manifests"
+    await store.set_repository_locks(args.name, changes)
+    return acr.repository_document(registry, await store.attributes.repository(args.name)), "repo"
+
+
 def _metadata_parsers(commands: Any) -> None:
     """The `repo`, `tags` and `manifests` commands (the ACR metadata API from the command line)."""
     def command(parent: Any, name: str, help_text: str, orderby: bool = False) -> argparse.ArgumentParser:
@@ -345,6 +375,13 @@ def _metadata_parsers(commands: Any) -> None:
     delete = command(repo_actions, "delete", "delete every manifest and tag of a repository and its blob links "
                                              "(the bytes are left to `gc`)")
     delete.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    update = command(repo_actions, "update", "lock or unlock a repository, a tag or a manifest (az acr repository "
+                                             "update --write-enabled false ...)")
+    target = update.add_mutually_exclusive_group()
+    target.add_argument("--tag", help="update this tag's attributes, not the repository's")
+    target.add_argument("--digest", help="update this manifest's attributes, not the repository's")
+    for option in LOCK_OPTIONS:
+        update.add_argument(f"--{option.replace('_', '-')}", dest=option, choices=("true", "false"))
     tags = commands.add_parser("tags", help="tags of a repository (az acr repository show-tags --detail)")
     command(tags.add_subparsers(dest="action", required=True), "list",
             "every tag of a repository with its digest and times", orderby=True)

@@ -72,3 +72,25 @@ def test_repo_delete(azurite: Azurite, client: httpx.Client, repo: str) -> None:
     assert deleted == {"manifestsDeleted": [digest], "tagsDeleted": ["v1"]}
     assert client.get(f"/v2/{repo}/tags/list").status_code == 404
     assert run(azurite, "repo", "show", repo).returncode == 1
+
+
+def test_repo_update_locks_and_unlocks(azurite: Azurite, client: httpx.Client, repo: str) -> None:
+    digest, body = push_image(client, repo, "prod")
+    tag = json.loads(ok(azurite, "repo", "update", repo, "--tag", "prod", "--write-enabled", "false"))
+    assert tag["name"] == "prod" and tag["changeableAttributes"]["writeEnabled"] is False
+    other = push_image(client, repo, "other")[1]
+    assert put_manifest(client, repo, "prod", other).status_code == 405
+    manifest = json.loads(ok(azurite, "repo", "update", repo, "--digest", digest, "--delete-enabled", "false"))
+    assert manifest["changeableAttributes"]["deleteEnabled"] is False
+    repository = json.loads(ok(azurite, "repo", "update", repo, "--list-enabled", "false"))
+    assert repository["changeableAttributes"]["listEnabled"] is False
+    assert repo not in client.get("/v2/_catalog", params={"n": 1000, "last": repo[:-1]}).json()["repositories"]
+    ok(azurite, "repo", "update", repo, "--list-enabled", "true")
+    ok(azurite, "repo", "update", repo, "--tag", "prod", "--write-enabled", "true")
+    assert put_manifest(client, repo, "prod", other).status_code == 201
+    nothing = run(azurite, "repo", "update", repo)
+    assert nothing.returncode == 1 and "nothing to update" in nothing.stderr
+    bad = run(azurite, "repo", "update", repo, "--write-enabled", "maybe")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    unknown = run(azurite, "repo", "update", repo, "--tag", "absent", "--write-enabled", "false")
+    assert unknown.returncode == 1 and "absent" in unknown.stderr

@@ -1,19 +1,20 @@
 """The ACR metadata API, /acr/v1/...: what `az acr repository|manifest` and the
 azure-containerregistry SDKs call, in the JSON shapes of ACR's REST reference (2021-07-01).
 
-Berth has no locks (PATCH of changeable attributes is not implemented): every
-`changeableAttributes` flag is true, and `signed` is false, ACR's defaults.
+`changeableAttributes` are Berth's locks (storage/locks.py), set with PATCH; `signed` is
+always false, ACR's default.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from registry.api.http import Context, empty_response, json_response, next_link, page_request
+from registry.api.http import Context, empty_response, json_response, next_link, page_request, read_body
 from registry.auth.authorizer import service_name
 from registry.oci.digest import Digest, parse_digest
 from registry.oci.errors import MANIFEST_UNKNOWN, QUERY_UNSUPPORTED, TAG_UNKNOWN, RegistryError
@@ -26,8 +27,9 @@ from registry.storage.attributes import (
     TagAttributes,
     parse_time,
 )
+from registry.storage.locks import parse_changes
 
-CHANGEABLE = {"deleteEnabled": True, "writeEnabled": True, "readEnabled": True, "listEnabled": True}
+MAX_PATCH_BYTES = 4096
 # Berth's own parameter in the next link of a time-ordered page: where the page ended in time,
 # so a tag re-pushed between two pages neither repeats nor hides the rest.
 CURSOR_TIME = "lastUpdateTime"
@@ -69,7 +71,7 @@ def tag_document(tag: TagAttributes) -> dict[str, Any]:
         "createdTime": iso(tag.created),
         "lastUpdateTime": iso(tag.updated),
         "signed": False,
-        "changeableAttributes": dict(CHANGEABLE),
+        "changeableAttributes": tag.locks.document(),
     }
 
 
@@ -91,7 +93,7 @@ def manifest_document(manifest: ManifestAttributes) -> dict[str, Any]:
         ]
     if manifest.tags:  # ACR leaves `tags` out of an untagged manifest
         document["tags"] = manifest.tags
-    document["changeableAttributes"] = dict(CHANGEABLE)
+    document["changeableAttributes"] = manifest.locks.document()
     return document
 
 
@@ -103,7 +105,7 @@ def repository_document(registry: str, repository: RepositoryAttributes) -> dict
         "lastUpdateTime": iso(repository.updated),
         "manifestCount": repository.manifest_count,
         "tagCount": repository.tag_count,
-        "changeableAttributes": dict(CHANGEABLE),
+        "changeableAttributes": repository.locks.document(),
     }
 
 
@@ -178,6 +180,36 @@ async def get_manifest(request: Request, ctx: Context, name: str, digest: str) -
 async def delete_manifest(request: Request, ctx: Context, name: str, digest: str) -> Response:
     await ctx.store.delete_manifest(name, _digest(digest))
     return empty_response(202, {})
+
+
+async def _changes(request: Request) -> dict[str, bool]:
+    """The flags a PATCH body sets (ACR's RepositoryWriteableProperties and its kin)."""
+    body = await read_body(request, MAX_PATCH_BYTES)
+    try:
+        return parse_changes(json.loads(body or b"{}"))
+    except ValueError as error:  # json.JSONDecodeError is one
+        raise RegistryError(QUERY_UNSUPPORTED, f"invalid changeable attributes: {error}") from None
+
+
+async def update_repository(request: Request, ctx: Context, name: str) -> Response:
+    await ctx.store.set_repository_locks(name, await _changes(request))
+    return await get_repository(request, ctx, name)
+
+
+async def update_tag(request: Request, ctx: Context, name: str, tag: str) -> Response:
+    tag_name = _tag_name(tag)
+    try:
+        await ctx.store.manifests.set_tag_locks(name, tag_name, await _changes(request))
+    except RegistryError as error:
+        if error.error is MANIFEST_UNKNOWN:
+            raise RegistryError(TAG_UNKNOWN, f"tag {tag_name} is not in repository {name}") from None
+        raise
+    return await get_tag(request, ctx, name, tag)
+
+
+async def update_manifest(request: Request, ctx: Context, name: str, digest: str) -> Response:
+    await ctx.store.manifests.set_manifest_locks(name, _digest(digest), await _changes(request))
+    return await get_manifest(request, ctx, name, digest)
 
 
 def _tag_name(reference: str) -> str:

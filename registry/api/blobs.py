@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from registry.api.http import Context, empty_response, parse_range, storage_serves_range
 from registry.oci.digest import parse_digest
+from registry.oci.errors import BLOB_UNKNOWN, RegistryError
+from registry.storage.locks import check_delete
+from registry.storage.registry_store import BlobInfo
 
 OCTET_STREAM = "application/octet-stream"
 
 
+async def _readable_blob(ctx: Context, name: str, digest: str) -> BlobInfo:
+    """The blob as linked in the repository, unless the repository is read-disabled (a lock)."""
+    blob, locks = await asyncio.gather(ctx.store.blobs.stat(name, parse_digest(digest)), ctx.store.locks.cached(name))
+    if not locks.readEnabled:
+        raise RegistryError(BLOB_UNKNOWN, f"blob {digest} is not in repository {name}")
+    return blob
+
+
 async def head_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
-    blob = await ctx.store.blobs.stat(name, parse_digest(digest))
+    blob = await _readable_blob(ctx, name, digest)
     return Response(
         b"",
         headers={
@@ -25,7 +38,7 @@ async def head_blob(request: Request, ctx: Context, name: str, digest: str) -> R
 
 
 async def get_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
-    blob = await ctx.store.blobs.stat(name, parse_digest(digest))
+    blob = await _readable_blob(ctx, name, digest)
     digest_header = {"Docker-Content-Digest": str(blob.digest)}
     range_header = request.headers.get("range")
     if ctx.settings.blob_delivery == "redirect" and storage_serves_range(range_header, blob.size):
@@ -46,5 +59,6 @@ async def get_blob(request: Request, ctx: Context, name: str, digest: str) -> Re
 
 
 async def delete_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
+    check_delete(await ctx.store.locks.fresh(name), f"repository {name}")
     await ctx.store.blobs.unlink(name, parse_digest(digest))
     return empty_response(202, {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -46,7 +48,10 @@ async def _negotiate(request: Request, ctx: Context, name: str, reference: str, 
     renditions and the tag's Docker rendition is acceptable. A digest always gets its own bytes.
     """
     parsed = lookup_reference(reference)
-    stored = await ctx.store.manifests.get(name, parsed, with_body=with_body)
+    stored, repository_locks = await asyncio.gather(ctx.store.manifests.get(name, parsed, with_body=with_body),
+                                                    ctx.store.locks.cached(name))
+    if not repository_locks.readEnabled:  # a read-disabled repository serves nothing
+        raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} is not in repository {name}")
     docker_type = DOCKER_COUNTERPART.get(stored.media_type)
     if docker_type is None:
         return stored

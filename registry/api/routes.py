@@ -41,6 +41,7 @@ def _route(path: str, **methods: tuple[Handler, tuple[str, ...] | None]) -> Rout
 # Actions per route: None = public (the token service), () = any authenticated caller.
 PULL, PUSH, DELETE, CATALOG = ("pull",), ("pull", "push"), ("delete",), ("*",)
 METADATA_READ = ("metadata_read",)  # ACR's action for the /acr/v1 reads
+METADATA_WRITE = ("metadata_write",)  # and for its PATCH of changeable attributes (locks)
 
 ROUTES = [
     _route("/v2/?", GET=(listings.api_root, ()), HEAD=(listings.api_root, ())),
@@ -72,11 +73,12 @@ ROUTES = [
     _route("/acr/v1/_catalog", GET=(acr.catalog, CATALOG)),
     _route(f"/acr/v1/{_NAME}/_tags", GET=(acr.list_tags, METADATA_READ)),
     _route(f"/acr/v1/{_NAME}/_tags/(?P<tag>[^/]+)", GET=(acr.get_tag, METADATA_READ),
-           DELETE=(acr.delete_tag, DELETE)),
+           PATCH=(acr.update_tag, METADATA_WRITE), DELETE=(acr.delete_tag, DELETE)),
     _route(f"/acr/v1/{_NAME}/_manifests", GET=(acr.list_manifests, METADATA_READ)),
     _route(f"/acr/v1/{_NAME}/_manifests/(?P<digest>[^/]+)", GET=(acr.get_manifest, METADATA_READ),
-           DELETE=(acr.delete_manifest, DELETE)),
-    _route(f"/acr/v1/{_NAME}", GET=(acr.get_repository, METADATA_READ), DELETE=(acr.delete_repository, DELETE)),
+           PATCH=(acr.update_manifest, METADATA_WRITE), DELETE=(acr.delete_manifest, DELETE)),
+    _route(f"/acr/v1/{_NAME}", GET=(acr.get_repository, METADATA_READ), PATCH=(acr.update_repository, METADATA_WRITE),
+           DELETE=(acr.delete_repository, DELETE)),
     _route("/oauth2/token", GET=(token.get_token, None), POST=(token.post_token, None)),
     _route("/oauth2/exchange", POST=(token.exchange, None)),
     _route("/health/ready", GET=(health.ready, None), HEAD=(health.ready, None)),

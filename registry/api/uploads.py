@@ -6,6 +6,7 @@ reach three different instances.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 
@@ -17,6 +18,7 @@ from registry.auth import Grant
 from registry.oci.digest import ALGORITHMS, parse_digest
 from registry.oci.errors import BLOB_UPLOAD_INVALID, DIGEST_INVALID, RANGE_INVALID, SIZE_INVALID, RegistryError
 from registry.oci.names import validate_name
+from registry.storage.locks import Locks, check_write
 from registry.storage.registry_store import BlobInfo, UploadSession
 
 # The spec's `<start>-<end>`, and RFC 9110's `bytes <start>-<end>/<total or *>` that some clients
@@ -84,14 +86,28 @@ async def _mount(request: Request, ctx: Context, name: str, mount: str) -> BlobI
 
 
 async def start_upload(request: Request, ctx: Context, name: str) -> Response:
+    # A write-disabled repository takes no new uploads or mounts (an upload started before the
+    # lock may still finish). Its flags are read while the request goes on, and checked before
+    # anything is linked; a session row written meanwhile for a refused POST just expires.
+    locks = asyncio.ensure_future(ctx.store.locks.fresh(name))
+    try:
+        return await _start_upload(request, ctx, name, locks)
+    finally:
+        discard(locks)
+
+
+async def _start_upload(request: Request, ctx: Context, name: str, locks: asyncio.Future[Locks]) -> Response:
     mount = request.query_params.get("mount")
     if mount:
+        check_write(await locks, f"repository {name}")
         blob = await _mount(request, ctx, name, mount)
         if blob is not None:
             return blob_created(name, blob)
     digest_param = request.query_params.get("digest")
     if digest_param is None:
-        session = await ctx.store.uploads.start(name, caller(request), _digest_algorithm(request))
+        session, repository_locks = await asyncio.gather(
+            ctx.store.uploads.start(name, caller(request), _digest_algorithm(request)), locks)
+        check_write(repository_locks, f"repository {name}")
         # Each PATCH ends in its own storage block, and a blob holds at most 50,000 of them:
         # chunks of at least a block keep every size up to the storage limit reachable.
         headers = {**upload_headers(session), "OCI-Chunk-Min-Length": str(ctx.settings.block_size)}
@@ -101,7 +117,14 @@ async def start_upload(request: Request, ctx: Context, name: str) -> Response:
     digest = parse_digest(digest_param)
     session = ctx.store.uploads.fresh(name, caller(request), digest.algorithm)
     session = await ctx.store.uploads.append(session, request.stream(), declared_length(request), digest)
+    check_write(await locks, f"repository {name}")
     return blob_created(name, await ctx.store.finish_upload(session, digest))
+
+
+def discard(task: asyncio.Future[Locks]) -> None:
+    """Cancel the flags' read if the request ended without it, and never leave it unretrieved."""
+    task.cancel()
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 async def upload_status(request: Request, ctx: Context, name: str, upload_id: str) -> Response:

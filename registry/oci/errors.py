@@ -34,6 +34,8 @@ UNAVAILABLE = ErrorCode("UNAVAILABLE", 503, "service unavailable")
 NOT_FOUND = ErrorCode("UNSUPPORTED", 404, "no such endpoint")
 METHOD_NOT_ALLOWED = ErrorCode("UNSUPPORTED", 405, "method not allowed on this endpoint")
 PAYLOAD_TOO_LARGE = ErrorCode("SIZE_INVALID", 413, "payload too large")
+# A lock (ACR's changeable attributes) refuses the operation; ACR's wording, 405 as ACR answers.
+LOCKED = ErrorCode("DENIED", 405, "The operation is disallowed on this registry, repository or image.")
 PAGINATION_NUMBER_INVALID = ErrorCode("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested")
 # The ACR metadata API (/acr/v1): a tag that is not there, and a query Berth will not answer.
 TAG_UNKNOWN = ErrorCode("TAG_UNKNOWN", 404, "tag unknown to registry")

@@ -36,6 +36,8 @@ from registry.oci.manifest import IMAGE_MANIFESTS
 from registry.oci.summary import ManifestSummary, config_platform, summarize
 from registry.storage.blobs import BlobStore
 from registry.storage.content import ContentStore
+from registry.storage.locks import NAMES as LOCK_NAMES
+from registry.storage.locks import Locks, locks_of
 from registry.storage.manifests import ManifestStore
 from registry.storage.metadata import MANIFEST, RENDITION_OF, TAG, MetadataStore, repository_key
 
@@ -45,8 +47,8 @@ MAX_ORDERED = 10_000
 MAX_CONFIG_BYTES = 1024 * 1024
 ORDERS = ("timeasc", "timedesc")
 
-_TAG_FIELDS = ["RowKey", "digest", "updated", "Timestamp"]
-_MANIFEST_KEY_FIELDS = ["RowKey", "created", "pushed", RENDITION_OF]
+_TAG_FIELDS = ["RowKey", "digest", "updated", "Timestamp", *LOCK_NAMES]
+_MANIFEST_KEY_FIELDS = ["RowKey", "created", "pushed", RENDITION_OF, "listEnabled"]
 T = TypeVar("T")
 
 
@@ -56,6 +58,7 @@ class TagAttributes:
     digest: str
     created: datetime
     updated: datetime
+    locks: Locks = Locks()
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class ManifestAttributes:
     tags: list[str]
     architecture: str | None = None
     os: str | None = None
+    locks: Locks = Locks()
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class RepositoryAttributes:
     updated: datetime
     manifest_count: int
     tag_count: int
+    locks: Locks = Locks()
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,12 @@ def _row_time(row: dict[str, Any], key: str) -> datetime:
 
 def _tag(row: dict[str, Any]) -> TagAttributes:
     updated = _row_time(row, "updated")
-    return TagAttributes(row["RowKey"][len(TAG):], row["digest"], updated, updated)
+    return TagAttributes(row["RowKey"][len(TAG):], row["digest"], updated, updated, locks_of(row))
+
+
+def _listed(row: dict[str, Any]) -> bool:
+    """Whether a tag or manifest row may be listed (listEnabled, a lock), and is no rendition."""
+    return row.get("listEnabled") is not False and not row.get(RENDITION_OF)
 
 
 def _page(items: list[T], key: Any, cursor: Cursor, order: str, limit: int) -> tuple[list[T], bool]:
@@ -160,22 +170,29 @@ class AttributeStore:
         async for row in self._scan(repository, TAG, select=_TAG_FIELDS):
             tags += 1
             updated = max(updated, _row_time(row, "updated"))
-        return RepositoryAttributes(repository, created, updated, manifests, tags)
+        locks = await self._manifests.locks.fresh(repository)
+        return RepositoryAttributes(repository, created, updated, manifests, tags, locks)
 
     async def tags(self, repository: str, limit: int, cursor: Cursor, order: str | None,
                    digest: Digest | None) -> tuple[list[TagAttributes], bool]:
         """A page of tags in name order (or time order), and whether more follow."""
         extra, parameters = (" and digest eq @digest", {"digest": str(digest)}) if digest else ("", {})
         if order is None:
-            rows = [row async for row in self._scan(repository, TAG, after=cursor.name, limit=limit + 1,
-                                                    extra_filter=extra, parameters=parameters,
-                                                    select=_TAG_FIELDS)]
-            found = [_tag(row) for row in rows]
+            found: list[TagAttributes] = []
+            scan = self._scan(repository, TAG, after=cursor.name, extra_filter=extra, parameters=parameters,
+                              select=_TAG_FIELDS)
+            async with aclosing(scan):
+                async for row in scan:
+                    if _listed(row):
+                        found.append(_tag(row))
+                    if len(found) > limit:
+                        break
             page, more = found[:limit], len(found) > limit
         else:
             rows = await self._all(repository, TAG, "tags", extra_filter=extra, parameters=parameters,
                                    select=_TAG_FIELDS)
-            page, more = _page([_tag(row) for row in rows], lambda t: (t.updated, t.name), cursor, order, limit)
+            page, more = _page([_tag(row) for row in rows if _listed(row)], lambda t: (t.updated, t.name), cursor,
+                               order, limit)
         if not page and cursor.name is None and not await self._exists(repository):
             raise self._unknown(repository)
         return page, more
@@ -196,14 +213,14 @@ class AttributeStore:
             scan = self._scan(repository, MANIFEST, after=cursor.name)
             async with aclosing(scan):
                 async for row in scan:
-                    if not row.get(RENDITION_OF):
+                    if _listed(row):
                         rows.append(row)
                     if len(rows) > limit:
                         break
             page, more = rows[:limit], len(rows) > limit
         else:
             keys = [row for row in await self._all(repository, MANIFEST, "manifests", select=_MANIFEST_KEY_FIELDS)
-                    if not row.get(RENDITION_OF)]
+                    if _listed(row)]
             chosen, more = _page(keys, lambda r: (parse_time(r["pushed"]), r["RowKey"][len(MANIFEST):]),
                                  cursor, order, limit)
             partition = repository_key(repository)
@@ -234,7 +251,8 @@ class AttributeStore:
     async def _attributes(self, row: dict[str, Any], tags: dict[str, list[str]]) -> ManifestAttributes:
         digest = row["RowKey"][len(MANIFEST):]
         return ManifestAttributes(digest, row["mediaType"], parse_time(row["created"]), parse_time(row["pushed"]),
-                                  summarize(await self._manifests.body(row)), sorted(tags.get(digest, [])))
+                                  summarize(await self._manifests.body(row)), sorted(tags.get(digest, [])),
+                                  locks=locks_of(row))
 
     async def _platform(self, repository: str, config_digest: str) -> tuple[str | None, str | None]:
         try:

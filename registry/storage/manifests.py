@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableTransactionError, UpdateMode
 
 from registry.oci.digest import Digest, parse_digest
@@ -34,6 +35,14 @@ from registry.oci.manifest import Manifest, effective_artifact_type, parse_manif
 from registry.storage.blobs import BlobStore
 from registry.storage.content import MANIFEST_PREFIX, ContentStore
 from registry.storage.errors import storage_failure, unavailable
+from registry.storage.locks import (
+    MANIFEST_READ_ENABLED,
+    Locks,
+    RepositoryLocks,
+    check_delete,
+    check_write,
+    locks_of,
+)
 from registry.storage.metadata import (
     MANIFEST,
     MAX_BATCH,
@@ -106,10 +115,12 @@ def encode_listing(document: Any) -> bytes:
 
 
 class ManifestStore:
-    def __init__(self, content: ContentStore, metadata: MetadataStore, blobs: BlobStore):
+    def __init__(self, content: ContentStore, metadata: MetadataStore, blobs: BlobStore,
+                 locks: RepositoryLocks | None = None):
         self._content = content
         self._metadata = metadata
         self._blobs = blobs
+        self.locks = locks or RepositoryLocks(metadata)
 
     async def put(self, repository: str, digest: Digest, body: bytes, manifest: Manifest,
                   tags: Sequence[str] = (), rendition_of: Digest | None = None) -> None:
@@ -117,10 +128,14 @@ class ManifestStore:
         (renditions.py): the row carries it only if this write creates the row (an existing row
         is left as it is), and a push of the same bytes by a user takes it away: theirs now."""
         partition = repository_key(repository)
-        existing, _ = await asyncio.gather(
+        repository_locks, existing, tag_rows, _ = await asyncio.gather(
+            self.locks.fresh(repository),
             self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest)),
+            self._read_tags(partition, tags),
             self._check_references(repository, manifest),
         )
+        if rendition_of is None:  # a rendition is derived content, made on a pull
+            check_write(repository_locks, f"repository {repository}")
         location = None
         # Each tag row carries a copy of an inline body, and a transaction holds at most 4 MiB:
         # many tags of a large body keep it in a blob instead (the rows then name it).
@@ -149,10 +164,22 @@ class ManifestStore:
                 if rendition_of is None and existing.get(RENDITION_OF):
                     touch[RENDITION_OF] = ""
                 operations.append(("update", touch, {"mode": UpdateMode.MERGE, **_conditional(existing)}))
-            for tag in tags:  # all in the one transaction: every tag is applied, or none
+            manifest_readable = locks_of(existing).readEnabled
+            for tag, current in zip(tags, tag_rows, strict=True):  # one transaction: all tags, or none
                 tag_row = {"PartitionKey": partition, "RowKey": TAG + tag, "digest": str(digest), **stored,
                            "updated": now}  # the tag's lastUpdateTime (attributes.py)
-                operations.append(("upsert", tag_row, {"mode": UpdateMode.REPLACE}))
+                if not manifest_readable:
+                    tag_row[MANIFEST_READ_ENABLED] = False
+                if current is None:
+                    operations.append(("create", tag_row, {}))
+                    continue
+                tag_locks = locks_of(current)
+                if current.get("digest") == str(digest) and not tag_locks.writeEnabled:
+                    continue  # already there, and locked: nothing to write
+                check_write(tag_locks, f"tag {tag}")
+                # The tag keeps its locks; conditional, so a lock set since the read is not lost.
+                tag_row.update(tag_locks.properties())
+                operations.append(("update", tag_row, {"mode": UpdateMode.REPLACE, **_conditional(current)}))
             if manifest.subject is not None:
                 operations.append(("upsert", self._referrer_row(partition, digest, media_type, len(body), manifest),
                                    {"mode": UpdateMode.REPLACE}))
@@ -162,8 +189,14 @@ class ManifestStore:
             except TableTransactionError as error:
                 if not _conflict(error):
                     raise
-            existing = await self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest))
+            existing, tag_rows = await asyncio.gather(
+                self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest)),
+                self._read_tags(partition, tags))
         raise unavailable(f"manifest {digest} kept changing while it was pushed")
+
+    async def _read_tags(self, partition: str, tags: Sequence[str]) -> list[dict[str, Any] | None]:
+        return list(await asyncio.gather(*(self._metadata.read_fast(self._metadata.repos, partition, TAG + tag)
+                                           for tag in tags)))
 
     @staticmethod
     def _referrer_row(partition: str, digest: Digest, media_type: str, size: int,
@@ -224,6 +257,9 @@ class ManifestStore:
         row = await self._metadata.read_fast(self._metadata.repos, repository_key(repository), row_key)
         if row is None:
             raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} is not in repository {repository}")
+        if not locks_of(row).readEnabled or row.get(MANIFEST_READ_ENABLED) is False:
+            # Read-disabled: not served, as if absent (ACR's readEnabled=false).
+            raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} is not in repository {repository}")
         digest = reference if isinstance(reference, Digest) else parse_digest(row["digest"])
         body = await self.body(row) if with_body else None
         return StoredManifest(digest, row["mediaType"], read_int(row, "size"), row.get("subject"), body)
@@ -237,6 +273,7 @@ class ManifestStore:
         its own referrers (which are no longer listed; the referrer manifests stay). Returns the
         tags it deleted."""
         partition = repository_key(repository)
+        check_delete(await self.locks.fresh(repository), f"repository {repository}")
         for _ in range(ATTEMPTS):
             # The row first, then its tags: a push that tags the manifest after the row was read
             # changes the row, so the conditional delete of the row below fails and we look again.
@@ -244,6 +281,11 @@ class ManifestStore:
             tags = await self._tags_of(partition, digest) if row is not None else []
             if row is None:
                 raise RegistryError(MANIFEST_UNKNOWN, f"manifest {digest} is not in repository {repository}")
+            # Every delete below is If-Match what was read: a lock set since fails it, and the
+            # next attempt sees the lock.
+            check_delete(locks_of(row), f"manifest {digest}")
+            for tag in tags:
+                check_delete(locks_of(tag), f"tag {tag['RowKey'][len(TAG):]}, which names manifest {digest},")
             operations: list[tuple[str, Any, dict[str, Any]]] = [("delete", tag, _conditional(tag)) for tag in tags]
             if row.get("subject"):
                 referrer = await self._metadata.read_fast(self._metadata.repos, partition,
@@ -289,25 +331,83 @@ class ManifestStore:
                 if conflicts == ATTEMPTS:
                     raise unavailable(f"the referrers of {subject} kept changing while they were deleted") from None
 
-    async def _tags_of(self, partition: str, digest: Digest) -> list[Any]:
+    async def _tags_of(self, partition: str, digest: Digest, select: list[str] | None = None) -> list[Any]:
         return [
             tag async for tag in self._metadata.scan(
                 self._metadata.repos, partition, TAG, extra_filter=" and digest eq @digest",
-                parameters={"digest": str(digest)},
+                parameters={"digest": str(digest)}, select=select,
             )
         ]
 
     async def delete_tag(self, repository: str, tag: str) -> None:
-        if not await self._metadata.delete(self._metadata.repos, repository_key(repository), TAG + tag):
-            raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} is not in repository {repository}")
+        partition = repository_key(repository)
+        check_delete(await self.locks.fresh(repository), f"repository {repository}")
+        for _ in range(ATTEMPTS):
+            row = await self._metadata.read_fast(self._metadata.repos, partition, TAG + tag)
+            if row is None:
+                raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} is not in repository {repository}")
+            check_delete(locks_of(row), f"tag {tag}")
+            try:
+                await self._metadata.repos.delete_entity(partition, TAG + tag, **_conditional(row))
+                return
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue  # moved, locked or deleted since it was read: look again
+        raise unavailable(f"tag {tag} kept changing while it was deleted")
+
+    async def set_tag_locks(self, repository: str, tag: str, changes: dict[str, bool]) -> Locks:
+        """Set a tag's changeable attributes (If-Match the row read: a push meanwhile wins, and
+        this looks again)."""
+        partition = repository_key(repository)
+        for _ in range(ATTEMPTS):
+            row = await self._metadata.read_fast(self._metadata.repos, partition, TAG + tag)
+            if row is None:
+                raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} is not in repository {repository}")
+            locks = locks_of(row).updated(changes)
+            entity = {"PartitionKey": partition, "RowKey": TAG + tag, **locks.document()}
+            try:
+                await self._metadata.repos.update_entity(entity, mode=UpdateMode.MERGE, **_conditional(row))
+                return locks
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue
+        raise unavailable(f"tag {tag} kept changing while its attributes were set")
+
+    async def set_manifest_locks(self, repository: str, digest: Digest, changes: dict[str, bool]) -> Locks:
+        """Set a manifest's changeable attributes; its tags' rows get its readEnabled too (one
+        transaction, If-Match every row read), so a pull by tag needs no second read."""
+        partition = repository_key(repository)
+        for _ in range(ATTEMPTS):
+            row = await self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest))
+            if row is None:
+                raise RegistryError(MANIFEST_UNKNOWN, f"manifest {digest} is not in repository {repository}")
+            tags = await self._tags_of(partition, digest, select=["PartitionKey", "RowKey"])
+            locks = locks_of(row).updated(changes)
+            operations: list[tuple[str, Any, dict[str, Any]]] = [
+                ("update", {"PartitionKey": partition, "RowKey": tag["RowKey"],
+                            MANIFEST_READ_ENABLED: locks.readEnabled}, {"mode": UpdateMode.MERGE, **_conditional(tag)})
+                for tag in tags
+            ]
+            operations.append(("update", {"PartitionKey": partition, "RowKey": MANIFEST + str(digest),
+                                          **locks.document()}, {"mode": UpdateMode.MERGE, **_conditional(row)}))
+            try:
+                await self._metadata.transact(self._metadata.repos, operations)
+                return locks
+            except TableTransactionError as error:
+                if not _conflict(error):
+                    raise
+        raise unavailable(f"manifest {digest} kept changing while its attributes were set")
 
     async def list_tags(self, repository: str, limit: int, last: str | None) -> list[str]:
-        """Up to `limit` tags after `last`, in lexical order."""
+        """Up to `limit` listable tags after `last`, in lexical order (keys only are read)."""
         partition = repository_key(repository)
-        return [
-            row["RowKey"][len(TAG):]
-            async for row in self._metadata.scan(self._metadata.repos, partition, TAG, last, limit)
-        ]
+        names: list[str] = []
+        rows = self._metadata.scan(self._metadata.repos, partition, TAG, last, select=["RowKey", "listEnabled"])
+        async with aclosing(rows):
+            async for row in rows:
+                if len(names) == limit:
+                    break
+                if row.get("listEnabled") is not False:
+                    names.append(row["RowKey"][len(TAG):])
+        return names
 
     async def list_referrers(self, repository: str, subject: Digest, artifact_type: str | None,
                              after: str | None, limit: int, max_bytes: int) -> tuple[list[dict[str, Any]], str | None]:

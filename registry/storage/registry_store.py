@@ -25,12 +25,14 @@ from registry.storage.clients import StorageClients
 from registry.storage.content import ContentStore
 from registry.storage.errors import unavailable
 from registry.storage.gc import GarbageCollector
+from registry.storage.locks import Locks, RepositoryLocks, check_delete, locks_of
 from registry.storage.manifests import ManifestStore
 from registry.storage.metadata import (
     BLOB,
     CATALOG_PARTITION,
     MANIFEST,
     RENDITION_OF,
+    TAG,
     MetadataStore,
     repository_key,
     repository_name,
@@ -69,7 +71,8 @@ class RegistryStore:
         self.metadata = MetadataStore(clients.table_service, settings.table_prefix, clients.table_reader)
         self.blobs = BlobStore(self.content, self.metadata)
         self.uploads = UploadStore(self.content, self.metadata, settings.upload_ttl_seconds)
-        self.manifests = ManifestStore(self.content, self.metadata, self.blobs)
+        self.locks = RepositoryLocks(self.metadata)
+        self.manifests = ManifestStore(self.content, self.metadata, self.blobs, self.locks)
         self.renditions = RenditionStore(self.metadata, self.manifests)
         self.attributes = AttributeStore(self.content, self.metadata, self.blobs, self.manifests)
         self.collector = GarbageCollector(self.content, self.metadata)
@@ -153,6 +156,25 @@ class RegistryStore:
         await self.renditions.forget(repository, digest)
         await self._flag_if_empty(repository)
 
+    async def set_repository_locks(self, repository: str, changes: dict[str, bool]) -> Locks:
+        """Set a repository's changeable attributes; listEnabled also on its catalog row."""
+        if not await self._has_manifests(repository):
+            raise RegistryError(NAME_UNKNOWN, f"repository {repository} is not known to this registry")
+        locks = await self.locks.update(repository, changes)
+        await self.metadata.catalog.upsert_entity(
+            {"PartitionKey": CATALOG_PARTITION, "RowKey": repository_key(repository),
+             "listEnabled": locks.listEnabled}, mode=UpdateMode.MERGE)
+        return locks
+
+    async def _refuse_locked_content(self, repository: str) -> None:
+        """A repository delete is refused up front if the repository or anything in it is
+        locked against deletes (a lock set while it runs stops it at that manifest)."""
+        check_delete(await self.locks.fresh(repository), f"repository {repository}")
+        for prefix, kind in ((MANIFEST, "manifest"), (TAG, "tag")):
+            async for row in self.metadata.scan(self.metadata.repos, repository_key(repository), prefix,
+                                                select=["RowKey", "writeEnabled", "deleteEnabled"]):
+                check_delete(locks_of(row), f"{kind} {row['RowKey'][len(prefix):]}")
+
     async def delete_repository(self, repository: str) -> tuple[list[str], list[str]]:
         """Delete every manifest of a repository as `delete_manifest` does (tags, referrer entries,
         rendition), then its blob links; upload sessions expire on their own and blob bytes are
@@ -190,6 +212,7 @@ class RegistryStore:
                                                         select=["RowKey", RENDITION_OF])]
         if not rows:
             raise RegistryError(NAME_UNKNOWN, f"repository {repository} is not known to this registry")
+        await self._refuse_locked_content(repository)
         await delete_all(rows)
         await self._unlink_all(partition)
         # A push that checked its blobs before their links went has written its manifest by now.
@@ -240,9 +263,10 @@ class RegistryStore:
     async def register_repository(self, repository: str) -> None:
         if repository in self._known_repositories:
             return
-        # REPLACE: a push clears the EMPTIED flag a delete may have left.
+        # A push clears the EMPTIED flag a delete may have left (and keeps listEnabled).
         await self.metadata.catalog.upsert_entity(
-            {"PartitionKey": CATALOG_PARTITION, "RowKey": repository_key(repository)}, mode=UpdateMode.REPLACE
+            {"PartitionKey": CATALOG_PARTITION, "RowKey": repository_key(repository), EMPTIED: False},
+            mode=UpdateMode.MERGE,
         )
         self._known_repositories.add(repository)
 
@@ -265,6 +289,8 @@ class RegistryStore:
         The manifests, not the flag, decide: a push on an instance that registered the
         repository before (and so writes no catalog row) may land just after a delete set it.
         """
+        if row.get("listEnabled") is False:  # list-disabled (a lock): never listed
+            return False
         return not row.get(EMPTIED) or await self._has_manifests(repository_name(row["RowKey"]))
 
     async def list_tags(self, repository: str, limit: int, last: str | None) -> tuple[list[str], bool]:

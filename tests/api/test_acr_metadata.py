@@ -263,13 +263,6 @@ def test_catalog_pages_with_link(client: httpx.Client, repo: str) -> None:
     assert page.headers["Link"] == f'</acr/v1/_catalog?n=2&last={names[1].replace("/", "%2F")}>; rel="next"'
 
 
-def test_patch_is_not_implemented(client: httpx.Client, repo: str) -> None:
-    push_image(client, repo, "v1")
-    for path in (f"/acr/v1/{repo}", f"/acr/v1/{repo}/_tags/v1"):
-        response = client.patch(path, json={"writeEnabled": False})
-        assert response.status_code == 405 and "GET" in response.headers["Allow"]
-
-
 def test_repository_delete_racing_pushes_on_other_instances(instances: list[Server], repo: str) -> None:
     """Pushes on two instances while a third deletes the repository: afterwards every tag names a
     manifest that pulls, and each manifest either survived whole or went with its tags."""

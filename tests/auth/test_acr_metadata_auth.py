@@ -15,18 +15,19 @@ from tests.auth.support import ADMIN_PASSWORD, ADMIN_USER, NULL_USER, access_tok
 from tests.conftest import Server
 from tests.helpers import push_image
 
-OPERATIONS = ("read tags", "read repository", "read manifests", "delete tag", "catalog")
+OPERATIONS = ("read tags", "read repository", "read manifests", "delete tag", "catalog", "lock tag")
 Y, N = True, False
 MATRIX = {
-    "AcrPull": (Y, Y, Y, N, Y),
-    "AcrPush": (Y, Y, Y, N, Y),
-    "AcrDelete": (Y, Y, Y, Y, N),
-    "Owner": (Y, Y, Y, Y, Y),
-    "token content/read": (N, N, N, N, N),
-    "token content/read,metadata/read": (Y, Y, Y, N, N),
-    "token content/delete": (N, N, N, Y, N),
-    "admin": (Y, Y, Y, Y, Y),
-    "anonymous": (N, N, N, N, N),
+    "AcrPull": (Y, Y, Y, N, Y, N),
+    "AcrPush": (Y, Y, Y, N, Y, Y),
+    "AcrDelete": (Y, Y, Y, Y, N, N),
+    "Owner": (Y, Y, Y, Y, Y, Y),
+    "token content/read": (N, N, N, N, N, N),
+    "token content/read,metadata/read": (Y, Y, Y, N, N, N),
+    "token content/delete": (N, N, N, Y, N, N),
+    "token metadata/read,metadata/write": (Y, Y, Y, N, N, Y),
+    "admin": (Y, Y, Y, Y, Y, Y),
+    "anonymous": (N, N, N, N, N, N),
 }
 
 
@@ -58,8 +59,10 @@ def attempt(client: httpx.Client, operation: str, repo: str) -> bool:
         "read manifests": f"/acr/v1/{repo}/_manifests",
         "delete tag": f"/acr/v1/{repo}/_tags/absent",  # 404 TAG_UNKNOWN once allowed
         "catalog": "/acr/v1/_catalog",
+        "lock tag": f"/acr/v1/{repo}/_tags/absent",  # PATCH: 404 TAG_UNKNOWN once allowed
     }[operation]
-    response = client.request("DELETE" if operation.startswith("delete") else "GET", path)
+    method = "DELETE" if operation.startswith("delete") else "PATCH" if operation == "lock tag" else "GET"
+    response = client.request(method, path, json={"writeEnabled": False} if method == "PATCH" else None)
     return response.status_code not in (401, 403)
 
 
@@ -67,7 +70,7 @@ def attempt(client: httpx.Client, operation: str, repo: str) -> bool:
 def test_metadata_role_matrix(kind: str, auth_server: Server, azurite: Azurite, entra: FakeEntra,
                               repo: str) -> None:
     user, password = credentials(kind, azurite, entra, repo)
-    token = access_token(auth_server, user, password, f"repository:{repo}:metadata_read,delete",
+    token = access_token(auth_server, user, password, f"repository:{repo}:metadata_read,metadata_write,delete",
                          "registry:catalog:*")
     with httpx.Client(base_url=auth_server.url, headers=bearer(token)) as client:
         seen = tuple(attempt(client, operation, repo) for operation in OPERATIONS)

@@ -112,3 +112,19 @@ def test_push_through_front_spreads_over_instances(skopeo: str, front: Front, re
     assert sessions and any(len(upstreams) > 1 for upstreams in sessions.values()), served
     raw = run(skopeo, "inspect", "--tls-verify=false", "--raw", f"docker://{front.host}/{repo}:v1")
     assert "sha256:" + hashlib.sha256(raw.encode()).hexdigest() == pushed
+
+
+def test_locked_images(skopeo: str, server: Server, repo: str, tmp_path: Path) -> None:
+    """A write-disabled tag refuses skopeo's push over it; a read-disabled image is not found."""
+    image_layout(tmp_path / "src", "v1")
+    image_layout(tmp_path / "other", "v1", [20_000])
+    copy(skopeo, f"oci:{tmp_path / 'src'}:v1", f"docker://{server.host}/{repo}:prod")
+    patch = httpx.patch(f"{server.url}/acr/v1/{repo}/_tags/prod", json={"writeEnabled": False})
+    assert patch.status_code == 200
+    overwrite = subprocess.run([skopeo, "copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'other'}:v1",
+                                f"docker://{server.host}/{repo}:prod"], capture_output=True, text=True, timeout=300)
+    assert overwrite.returncode != 0 and "disallowed" in overwrite.stderr, overwrite.stderr
+    assert httpx.patch(f"{server.url}/acr/v1/{repo}/_tags/prod", json={"readEnabled": False}).status_code == 200
+    pull = subprocess.run([skopeo, "inspect", "--tls-verify=false", f"docker://{server.host}/{repo}:prod"],
+                          capture_output=True, text=True, timeout=300)
+    assert pull.returncode != 0 and "manifest unknown" in pull.stderr, pull.stderr
