@@ -38,6 +38,8 @@ class Settings:
     referrers_page_size: int = 100
     # Garbage collection (README, "Garbage collection"): unreferenced bytes older than the grace
     # period are condemned, and deleted after the settle time if still unreferenced.
+    # Tests only (BERTH_REPOSITORY_DELETE_SETTLE_SECONDS): see repository_delete_settle_seconds.
+    repository_delete_settle_override: float | None = None
     gc_grace_seconds: int = 24 * 3600
     gc_settle_seconds: int = 60
     # Each storage call gives up after this long per attempt (with one quick retry), so a
@@ -48,6 +50,14 @@ class Settings:
     def request_budget_seconds(self) -> int:
         """The most a request may take that does not wait on a client's upload (then 503)."""
         return 6 * self.storage_timeout_seconds
+
+    @property
+    def repository_delete_settle_seconds(self) -> float:
+        """How long a repository delete waits, after unlinking the blobs, for pushes that checked
+        their blobs before: longer than any acknowledged push takes (tests shorten it)."""
+        if self.repository_delete_settle_override is not None:
+            return self.repository_delete_settle_override
+        return self.request_budget_seconds + 5
     # Authentication (BERTH_AUTH=token): see README, "Authentication".
     auth: str = "none"
     local_data_dir: str = ".berth-data"  # local runs only: Azurite's data, the generated token key
@@ -97,6 +107,10 @@ def _int(env: Mapping[str, str], key: str, default: int, minimum: int, maximum: 
     if not minimum <= value <= maximum:
         raise SettingsError(f"{key} must be between {minimum} and {maximum}, got {value}")
     return value
+
+
+def _optional_int(env: Mapping[str, str], key: str, minimum: int, maximum: int) -> int | None:
+    return None if not env.get(key) else _int(env, key, 0, minimum, maximum)
 
 
 def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
@@ -173,6 +187,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_page_size=_int(env, "BERTH_MAX_PAGE_SIZE", 1000, 1, 10000),
         referrers_page_size=_int(env, "BERTH_REFERRERS_PAGE_SIZE", 100, 1, 1000),
         storage_timeout_seconds=_int(env, "BERTH_STORAGE_TIMEOUT_SECONDS", 10, 1, 60),
+        repository_delete_settle_override=_optional_int(env, "BERTH_REPOSITORY_DELETE_SETTLE_SECONDS", 0, 600),
         gc_grace_seconds=_int(env, "BERTH_GC_GRACE_SECONDS", 24 * 3600, 0, 365 * 24 * 3600),
         gc_settle_seconds=_int(env, "BERTH_GC_SETTLE_SECONDS", 60, 0, 3600),
         auth=_choice(env, "BERTH_AUTH", "none", ("none", "token")),

@@ -48,6 +48,8 @@ def start_server(azurite: Azurite, tmp: Path, **settings: str) -> Server:
         "BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
         "BERTH_BLOB_CONTAINER": CONTAINER,
         "BERTH_TABLE_PREFIX": TABLE_PREFIX,
+        # A repository delete waits out the push budget (65 s); these servers' pushes are fast.
+        "BERTH_REPOSITORY_DELETE_SETTLE_SECONDS": "1",
         **settings,
     }
     log = tmp / f"berth-{port}.log"

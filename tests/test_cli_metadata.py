@@ -17,7 +17,8 @@ from tests.helpers import push_image, put_manifest
 def run(azurite: Azurite, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI against the storage the `server` fixture uses, as an operator would run it."""
     env = {**os.environ, "BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
-           "BERTH_TABLE_PREFIX": TABLE_PREFIX, "BERTH_BLOB_CONTAINER": CONTAINER}
+           "BERTH_TABLE_PREFIX": TABLE_PREFIX, "BERTH_BLOB_CONTAINER": CONTAINER,
+           "BERTH_REPOSITORY_DELETE_SETTLE_SECONDS": "1"}
     return subprocess.run([sys.executable, "-m", "registry", *args], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
 

@@ -187,8 +187,8 @@ async def _changes(request: Request) -> dict[str, bool]:
     body = await read_body(request, MAX_PATCH_BYTES)
     try:
         return parse_changes(json.loads(body or b"{}"))
-    except ValueError as error:  # json.JSONDecodeError is one
-        raise RegistryError(QUERY_UNSUPPORTED, f"invalid changeable attributes: {error}") from None
+    except (ValueError, RecursionError) as error:  # json.JSONDecodeError is a ValueError
+        raise RegistryError(QUERY_UNSUPPORTED, f"invalid changeable attributes: {str(error)[:200]}") from None
 
 
 async def update_repository(request: Request, ctx: Context, name: str) -> Response:

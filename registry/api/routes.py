@@ -86,6 +86,9 @@ ROUTES = [
 # Handlers whose time follows the client's upload: each storage call they make is bounded, the
 # whole request is not. Every other handler answers within Settings.request_budget_seconds.
 CLIENT_PACED = {uploads.start_upload, uploads.patch_upload, uploads.finish_upload}
+# Handlers that wait out the request budget of others on purpose (a repository delete waits for
+# pushes that checked their blobs before it unlinked them): bounded by their own storage calls.
+OUTLASTS_BUDGET = {acr.delete_repository}
 # Routes that must answer without storage (or a context) at all.
 BARE_ROUTES: dict[str, Handler] = {"/health/live": health.live}
 
@@ -161,7 +164,7 @@ class RegistryApi:
                                                          wanted_access(request))
                 request.state.grant = grant
             context = await self._context_factory()
-            if handler in CLIENT_PACED:
+            if handler in CLIENT_PACED or handler in OUTLASTS_BUDGET:
                 return await handler(request, context, **params)
             try:
                 async with asyncio.timeout(context.settings.request_budget_seconds):  # no extra task

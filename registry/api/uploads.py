@@ -71,14 +71,16 @@ async def _mount(request: Request, ctx: Context, name: str, mount: str) -> BlobI
     source = request.query_params.get("from")
     if source:
         source = validate_name(source)
-        if not grant.allows("repository", source, "pull"):
-            return None
+        if not grant.allows("repository", source, "pull") or not (await ctx.store.locks.cached(source)).readEnabled:
+            return None  # a read-disabled repository lends nothing either
         return await ctx.store.blobs.mount(name, digest, source)
     if grant.everything:
         return await ctx.store.blobs.mount_indexed(name, digest)
     readable = [scope.name for scope in grant.scopes if scope.type == "repository" and scope.name != name
                 and grant.allows("repository", scope.name, "pull")]
     for candidate in readable[:MAX_MOUNT_SOURCES]:
+        if not (await ctx.store.locks.cached(candidate)).readEnabled:
+            continue
         blob = await ctx.store.blobs.mount(name, digest, candidate)
         if blob is not None:
             return blob

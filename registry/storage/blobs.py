@@ -21,6 +21,7 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
 
 from registry.oci.digest import Digest
 from registry.oci.errors import BLOB_UNKNOWN, BLOB_UPLOAD_UNKNOWN, RegistryError
@@ -93,8 +94,7 @@ class BlobStore:
             return None
         if not holds(await self._content.stat(blob.location), digest, blob.size):
             return None
-        await self._link(repository, blob)
-        return blob
+        return await self._link(repository, blob)
 
     async def mount_indexed(self, repository: str, digest: Digest) -> BlobInfo | None:
         """Link the blob the digest index names into `repository`, whichever repository pushed
@@ -102,9 +102,7 @@ class BlobStore:
         entry = await self.index_entry(digest)
         if entry is None or not holds(await self._content.stat(entry.location), digest, entry.size):
             return None
-        blob = BlobInfo(digest, entry.size, entry.location)
-        await self._link(repository, blob)
-        return blob
+        return await self._link(repository, BlobInfo(digest, entry.size, entry.location))
 
     async def ensure_readable(self, blob: BlobInfo) -> bool:
         """Whether the linked bytes are there as sealed content, restoring them if the garbage
@@ -139,15 +137,38 @@ class BlobStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             pass  # relinked or removed meanwhile
 
-    async def _link(self, repository: str, blob: BlobInfo) -> None:
-        # Any two links of one digest name valid copies of the same bytes, so the last
-        # writer may win; a delete, which must not lose to a new link, is the conditional one.
-        await self._metadata.repos.upsert_entity({
-            "PartitionKey": repository_key(repository),
-            "RowKey": BLOB + str(blob.digest),
-            "size": int64(blob.size),
-            "location": blob.location,
-        })
+    async def _link(self, repository: str, blob: BlobInfo) -> BlobInfo:
+        """Link `blob` into `repository`; the blob the link names afterwards.
+
+        A link that names another copy of the digest whose bytes are there is kept (an image
+        of the repository may rely on it, and the collector may have condemned this copy since
+        it was checked); it is replaced, If-Match, only when its bytes are gone. So a link
+        never moves away from readable bytes, and a delete, which must not lose to a new link,
+        is the conditional one.
+        """
+        entity = {"PartitionKey": repository_key(repository), "RowKey": BLOB + str(blob.digest),
+                  "size": int64(blob.size), "location": blob.location}
+        for _ in range(3):
+            try:
+                await self._metadata.repos.create_entity(entity)
+                return blob
+            except ResourceExistsError:  # also what an SDK retry of our own create meets
+                pass
+            row = await self._metadata.read_fast(self._metadata.repos, entity["PartitionKey"], entity["RowKey"])
+            if row is None:
+                continue  # unlinked meanwhile: link again
+            if row.get("location") == blob.location:
+                return blob
+            current = BlobInfo(blob.digest, read_int(row, "size"), row["location"])
+            if await self.ensure_readable(current):
+                return current
+            try:
+                await self._metadata.repos.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag_of(row),
+                                                         match_condition=MatchConditions.IfNotModified)
+                return blob
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue
+        raise unavailable(f"the link of blob {blob.digest} kept changing")
 
     async def index_entry(self, digest: Digest) -> IndexEntry | None:
         row = await self._metadata.read_fast(self._metadata.digests, str(digest), "")
@@ -183,21 +204,22 @@ class BlobStore:
         Idempotent: a retried or concurrent finish of the same upload converges.
         """
         ours = BlobInfo(digest, sealed.size, location)
+        if sealed.metadata.get(STATE) == CONDEMNED and not await self.ensure_readable(ours):
+            # A repeated closing PUT of an upload the collector took meanwhile.
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, "the upload's bytes are no longer stored; push the blob again")
         for _ in range(3):
             if index.location == location:
-                await self._link(repository, ours)
-                return ours
+                return await self._link(repository, ours)
             if holds(await self._content.stat(index.location), digest, sealed.size):
                 existing = BlobInfo(digest, sealed.size, index.location)
-                await asyncio.gather(self._link(repository, existing),
-                                     self._drop_copy(ours, sealed.etag, has_session))
-                return existing
+                linked, _ = await asyncio.gather(self._link(repository, existing),
+                                                 self._drop_copy(ours, sealed.etag, has_session))
+                return linked
             if not holds(await self._content.stat(location), digest, sealed.size):
                 # Ours was dropped for the indexed copy, which has gone since: nothing to link.
                 raise RegistryError(BLOB_UPLOAD_UNKNOWN, "the upload's bytes are no longer stored; push the blob again")
             if await self._repair_index(ours, sealed.etag, index):
-                await self._link(repository, ours)
-                return ours
+                return await self._link(repository, ours)
             index = await self.claim(digest, sealed.size, location)
         raise unavailable("the digest index kept changing")
 

@@ -107,9 +107,13 @@ class RepositoryLocks:
             self._cache.popitem(last=False)
 
     async def update(self, repository: str, changes: dict[str, bool]) -> Locks:
-        """Set flags on the repository's row (RegistryStore mirrors listEnabled in the catalog)."""
-        locks = (await self.fresh(repository)).updated(changes)
-        entity = {"PartitionKey": repository_key(repository), "RowKey": ATTRIBUTES, **locks.document()}
-        await self._metadata.repos.upsert_entity(entity, mode=UpdateMode.REPLACE)
-        self._remember(repository, locks)
-        return locks
+        """Set flags on the repository's row (RegistryStore mirrors listEnabled in the catalog).
+        Only the flags given are written (MERGE), so two PATCHes of different flags both hold."""
+        entity = {"PartitionKey": repository_key(repository), "RowKey": ATTRIBUTES, **changes}
+        await self._metadata.repos.upsert_entity(entity, mode=UpdateMode.MERGE)
+        return await self.fresh(repository)
+
+    async def forget(self, repository: str) -> None:
+        """Drop a deleted repository's flags: a repository pushed later under its name has none."""
+        await self._metadata.delete(self._metadata.repos, repository_key(repository), ATTRIBUTES)
+        self._cache.pop(repository, None)

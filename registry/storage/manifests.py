@@ -257,12 +257,18 @@ class ManifestStore:
         row = await self._metadata.read_fast(self._metadata.repos, repository_key(repository), row_key)
         if row is None:
             raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} is not in repository {repository}")
-        if not locks_of(row).readEnabled or row.get(MANIFEST_READ_ENABLED) is False:
-            # Read-disabled: not served, as if absent (ACR's readEnabled=false).
+        if not locks_of(row).readEnabled or row.get(MANIFEST_READ_ENABLED) is False \
+                or (row.get(RENDITION_OF) and not await self._source_readable(repository, row[RENDITION_OF])):
+            # Read-disabled: not served, as if absent (ACR's readEnabled=false). A Docker
+            # rendition is as readable as its source (one more read, for renditions only).
             raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} is not in repository {repository}")
         digest = reference if isinstance(reference, Digest) else parse_digest(row["digest"])
         body = await self.body(row) if with_body else None
         return StoredManifest(digest, row["mediaType"], read_int(row, "size"), row.get("subject"), body)
+
+    async def _source_readable(self, repository: str, source: str) -> bool:
+        row = await self._metadata.read_fast(self._metadata.repos, repository_key(repository), MANIFEST + source)
+        return row is not None and locks_of(row).readEnabled
 
     async def body(self, row: dict[str, Any]) -> bytes:
         """The manifest bytes a manifest, tag or rendition row holds or names."""

@@ -54,9 +54,6 @@ EMPTIED = "emptied"
 REPOSITORY_DELETE_PASSES = 8
 # Manifests a repository delete removes at once.
 REPOSITORY_DELETE_CONCURRENCY = 8
-# How long a repository delete waits after removing the links before it checks the manifests
-# pushed meanwhile: a push writes its manifest within this of checking its blobs.
-REPOSITORY_DELETE_SETTLE_SECONDS = 1.0
 
 
 class RegistryStore:
@@ -161,9 +158,10 @@ class RegistryStore:
         if not await self._has_manifests(repository):
             raise RegistryError(NAME_UNKNOWN, f"repository {repository} is not known to this registry")
         locks = await self.locks.update(repository, changes)
-        await self.metadata.catalog.upsert_entity(
-            {"PartitionKey": CATALOG_PARTITION, "RowKey": repository_key(repository),
-             "listEnabled": locks.listEnabled}, mode=UpdateMode.MERGE)
+        if "listEnabled" in changes:
+            await self.metadata.catalog.upsert_entity(
+                {"PartitionKey": CATALOG_PARTITION, "RowKey": repository_key(repository),
+                 "listEnabled": changes["listEnabled"]}, mode=UpdateMode.MERGE)
         return locks
 
     async def _refuse_locked_content(self, repository: str) -> None:
@@ -215,8 +213,9 @@ class RegistryStore:
         await self._refuse_locked_content(repository)
         await delete_all(rows)
         await self._unlink_all(partition)
-        # A push that checked its blobs before their links went has written its manifest by now.
-        await asyncio.sleep(REPOSITORY_DELETE_SETTLE_SECONDS)
+        # A push that checked its blobs before their links went has written its manifest by now:
+        # an acknowledged push ends within the request budget, and the wait is longer than that.
+        await asyncio.sleep(self._settings.repository_delete_settle_seconds)
         for _ in range(REPOSITORY_DELETE_PASSES):
             rows = [row async for row in self.metadata.scan(self.metadata.repos, partition, MANIFEST)]
             complete = await asyncio.gather(*(self._complete(repository, row) for row in rows))
@@ -226,6 +225,11 @@ class RegistryStore:
             await delete_all(broken)  # an index whose child this deletes is broken next pass
         else:
             raise unavailable(f"repository {repository} kept changing while it was deleted")
+        if not await self._has_manifests(repository):  # gone: a later push starts without its locks
+            await self.locks.forget(repository)
+            await self.metadata.catalog.upsert_entity(
+                {"PartitionKey": CATALOG_PARTITION, "RowKey": repository_key(repository), "listEnabled": True},
+                mode=UpdateMode.MERGE)
         await self._flag_if_empty(repository)
         return sorted(set(manifests)), sorted(set(tags))
 
