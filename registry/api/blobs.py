@@ -18,7 +18,12 @@ OCTET_STREAM = "application/octet-stream"
 
 async def _readable_blob(ctx: Context, name: str, digest: str) -> BlobInfo:
     """The blob as linked in the repository, unless the repository is read-disabled (a lock)."""
-    blob, locks = await asyncio.gather(ctx.store.blobs.stat(name, parse_digest(digest)), ctx.store.locks.cached(name))
+    parsed = parse_digest(digest)
+    locks = ctx.store.locks.peek(name)  # the hot path: no task, no read
+    if locks is None:
+        blob, locks = await asyncio.gather(ctx.store.blobs.stat(name, parsed), ctx.store.locks.fresh(name))
+    else:
+        blob = await ctx.store.blobs.stat(name, parsed)
     if not locks.readEnabled:
         raise RegistryError(BLOB_UNKNOWN, f"blob {digest} is not in repository {name}")
     return blob

@@ -48,8 +48,12 @@ async def _negotiate(request: Request, ctx: Context, name: str, reference: str, 
     renditions and the tag's Docker rendition is acceptable. A digest always gets its own bytes.
     """
     parsed = lookup_reference(reference)
-    stored, repository_locks = await asyncio.gather(ctx.store.manifests.get(name, parsed, with_body=with_body),
-                                                    ctx.store.locks.cached(name))
+    repository_locks = ctx.store.locks.peek(name)  # the hot path: no task, no read
+    if repository_locks is None:
+        stored, repository_locks = await asyncio.gather(ctx.store.manifests.get(name, parsed, with_body=with_body),
+                                                        ctx.store.locks.fresh(name))
+    else:
+        stored = await ctx.store.manifests.get(name, parsed, with_body=with_body)
     if not repository_locks.readEnabled:  # a read-disabled repository serves nothing
         raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} is not in repository {name}")
     docker_type = DOCKER_COUNTERPART.get(stored.media_type)

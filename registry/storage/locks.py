@@ -94,11 +94,14 @@ class RepositoryLocks:
         self._remember(repository, locks)
         return locks
 
-    async def cached(self, repository: str) -> Locks:
+    def peek(self, repository: str) -> Locks | None:
+        """The flags a pull may use without a read (at most REPOSITORY_TTL old), if this
+        instance has them."""
         entry = self._cache.get(repository)
-        if entry is not None and entry[0] > time.monotonic():
-            return entry[1]
-        return await self.fresh(repository)
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+
+    async def cached(self, repository: str) -> Locks:
+        return self.peek(repository) or await self.fresh(repository)
 
     def _remember(self, repository: str, locks: Locks) -> None:
         self._cache[repository] = (time.monotonic() + REPOSITORY_TTL, locks)
