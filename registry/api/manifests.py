@@ -29,15 +29,29 @@ def _headers(digest: Digest, media_type: str, size: int) -> dict[str, str]:
     }
 
 
+def _not_modified(request: Request, stored: StoredManifest) -> Response | None:
+    """304 when If-None-Match names the manifest's ETag (its digest) or is `*` (RFC 9110 13.1.2)."""
+    header = request.headers.get("if-none-match")
+    if not header:
+        return None
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    if "*" not in tags and f'"{stored.digest}"' not in tags:
+        return None
+    return Response(status_code=304, headers={"ETag": f'"{stored.digest}"',
+                                              "Docker-Content-Digest": str(stored.digest)})
+
+
 async def head_manifest(request: Request, ctx: Context, name: str, reference: str) -> Response:
     stored = await _negotiate(request, ctx, name, reference, with_body=False)
-    return Response(b"", headers=_headers(stored.digest, stored.media_type, stored.size))
+    return _not_modified(request, stored) or Response(
+        b"", headers=_headers(stored.digest, stored.media_type, stored.size))
 
 
 async def get_manifest(request: Request, ctx: Context, name: str, reference: str) -> Response:
     stored = await _negotiate(request, ctx, name, reference, with_body=True)
     assert stored.body is not None
-    return Response(stored.body, headers=_headers(stored.digest, stored.media_type, stored.size))
+    return _not_modified(request, stored) or Response(
+        stored.body, headers=_headers(stored.digest, stored.media_type, stored.size))
 
 
 async def _negotiate(request: Request, ctx: Context, name: str, reference: str, with_body: bool) -> StoredManifest:

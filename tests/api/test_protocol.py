@@ -313,3 +313,19 @@ def test_a_catalog_page_thinned_by_emptied_repositories_stays_cheap_and_continue
         if seen:
             break
     assert seen == [f"{repo}/z"] and requests > 1
+
+
+def test_a_conditional_manifest_get_is_304_when_the_digest_matches(client: httpx.Client, repo: str) -> None:
+    digest, body = push_image(client, repo, "v1")
+    etag = client.get(f"/v2/{repo}/manifests/v1").headers["ETag"]
+    assert etag == f'"{digest}"'
+    for method in ("GET", "HEAD"):
+        for header in (etag, f'"sha256:{"0" * 64}", {etag}', f"W/{etag}", "*"):
+            response = client.request(method, f"/v2/{repo}/manifests/v1", headers={"If-None-Match": header})
+            assert response.status_code == 304 and response.content == b"", (method, header)
+            assert response.headers["Docker-Content-Digest"] == digest and response.headers["ETag"] == etag
+        other = client.request(method, f"/v2/{repo}/manifests/v1", headers={"If-None-Match": f'"sha256:{"0" * 64}"'})
+        assert other.status_code == 200
+    assert client.get(f"/v2/{repo}/manifests/{digest}", headers={"If-None-Match": etag}).status_code == 304
+    missing = client.get(f"/v2/{repo}/manifests/nope", headers={"If-None-Match": "*"})
+    assert missing.status_code == 404
