@@ -52,6 +52,14 @@ async def purge_expired_uploads(timer: func.TimerRequest) -> None:
     logging.info("purged %d expired upload sessions and %d failed-login records", uploads, failures)
 
 
+@app.timer_trigger(schedule="0 5 3 * * *", arg_name="timer", run_on_startup=False)
+async def apply_retention(timer: func.TimerRequest) -> None:
+    """Daily, before the garbage collection: untagged manifests past the retention policy, referrers
+    of deleted subjects, unreferenced blob links (README, "Retention")."""
+    report = await berth.apply_retention()
+    logging.info("retention: %s", report.summary())
+
+
 @app.timer_trigger(schedule="0 29 3 * * *", arg_name="timer", run_on_startup=False)
 async def collect_garbage(timer: func.TimerRequest) -> None:
     """Daily: delete blob bytes no repository links to any more (README, "Garbage collection")."""

@@ -73,6 +73,11 @@ param zoneRedundant bool = false
 
 param pythonVersion string = '3.11'
 param logRetentionDays int = 30
+
+@description('Days an untagged manifest is kept before the daily retention run deletes it (BERTH_RETENTION_DAYS); -1: off. `python -m registry retention set` overrides it.')
+@minValue(-1)
+@maxValue(365)
+param untaggedRetentionDays int = -1
 param softDeleteDays int = 7
 param tags object = {
   application: 'berth'
@@ -243,6 +248,7 @@ module functionApp 'modules/functionapp.bicep' = {
       BERTH_ENTRA_TENANT_ID: tenant().tenantId
       BERTH_ENTRA_AUDIENCE: entraAudience
       BERTH_ANONYMOUS_PULL: string(anonymousPull)
+      BERTH_RETENTION_DAYS: untaggedRetentionDays < 0 ? '' : string(untaggedRetentionDays)
       // The platform's front end appends the caller's address to X-Forwarded-For (failed-login limits).
       BERTH_TRUSTED_PROXY_HOPS: '1'
     }

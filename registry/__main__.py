@@ -172,6 +172,78 @@ def collect_garbage(args: argparse.Namespace) -> int:
     return with_store(work)
 
 
+def retention_command(args: argparse.Namespace) -> int:
+    """`retention show|set|run`: ACR's retention policy for untagged manifests (az acr config
+    retention show|update), per registry or per repository, and a run of it on demand."""
+    from registry.oci.errors import RegistryError
+    from registry.oci.names import validate_name
+
+    try:
+        for name in ([args.repository] if getattr(args, "repository", None) else []) + (getattr(args, "names", None)
+                                                                                          or []):
+            validate_name(name)
+    except RegistryError as error:
+        print(f"berth: {error.message}", file=sys.stderr)
+        return 2
+    if args.action == "set" and args.status == "inherit" and args.days is not None:
+        print("berth: --days goes with --status enabled or disabled", file=sys.stderr)
+        return 2
+
+    def progress(step: str, count: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\rberth retention: {step} {count:>8}", end="", file=sys.stderr, flush=True)
+
+    async def work(ctx: Context) -> int:
+        retention = ctx.store.retention
+        try:
+            if args.action == "show":
+                policy = await (retention.policies.repository(args.repository) if args.repository
+                                else retention.policies.registry())
+            elif args.action == "set" and args.repository:
+                policy = await ctx.store.set_repository_retention(args.repository, args.status, args.days)
+            elif args.action == "set":
+                policy = await retention.policies.set_registry(args.status, args.days)
+            else:
+                report = await retention.run(args.names or None, args.dry_run, progress=progress)
+                if sys.stderr.isatty():
+                    print(file=sys.stderr)
+                for deleted in report.deleted:
+                    print(f"{'would delete' if args.dry_run else 'deleted'} {deleted}")
+                print(f"berth retention: {report.summary()}")
+                return 0
+        except RegistryError as error:
+            print(f"berth: {error.message}", file=sys.stderr)
+            return 1
+        print(json.dumps(policy.document(), indent=2))
+        return 0
+
+    return with_store(work)
+
+
+def _days(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) > 365:
+        raise argparse.ArgumentTypeError(f"a whole number of days from 0 to 365, not {text!r}")
+    return int(text)
+
+
+def _retention_parsers(commands: Any) -> None:
+    retention = commands.add_parser("retention", help="delete untagged manifests after N days (az acr config "
+                                                      "retention show|update)")
+    actions = retention.add_subparsers(dest="action", required=True)
+    show = actions.add_parser("show", help="the policy in force, and where it comes from")
+    show.add_argument("--repository", help="the policy of this repository (its own, or the registry's)")
+    update = actions.add_parser("set", help="enable or disable the policy of the registry or of one repository")
+    update.add_argument("--repository", help="override the registry's policy for this repository")
+    update.add_argument("--status", required=True, choices=("enabled", "disabled", "inherit"),
+                        help="inherit: drop the repository's override (or the registry's stored policy, so "
+                             "BERTH_RETENTION_DAYS rules)")
+    update.add_argument("--days", type=_days, default=None,
+                        help="days an untagged manifest is kept, 0-365 (default: as before, else 7)")
+    run = actions.add_parser("run", help="apply the policy now (the daily timer does it at 03:05 UTC)")
+    run.add_argument("names", nargs="*", metavar="REPOSITORY", help="only these repositories (default: all)")
+    run.add_argument("--dry-run", action="store_true", help="report what would be deleted, change nothing")
+
+
 def tokens_command(args: argparse.Namespace) -> int:
     from registry.auth.passwords import generate_password, hash_password
     from registry.auth.roles import parse_scope_map
@@ -432,12 +504,13 @@ def main(argv: list[str] | None = None) -> int:
     gc_parser.add_argument("--settle", type=_seconds, default=None, metavar="SECONDS",
                            help="wait between condemning and deleting (default: BERTH_GC_SETTLE_SECONDS, 60)")
     _metadata_parsers(commands)
+    _retention_parsers(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every storage call at INFO
     handlers = {"serve": serve, "purge-uploads": purge_uploads, "tokens": tokens_command, "roles": roles_command,
                 "gc": collect_garbage, "repo": metadata_command, "tags": metadata_command,
-                "manifests": metadata_command}
+                "manifests": metadata_command, "retention": retention_command}
     return handlers[args.command](args)
 
 

@@ -26,6 +26,7 @@ from registry.storage.access_store import AccessStore
 from registry.storage.clients import StorageClients, create_clients
 from registry.storage.gc import CollectionReport
 from registry.storage.registry_store import RegistryStore
+from registry.storage.retention import RetentionReport
 
 log = logging.getLogger("berth")
 
@@ -89,6 +90,11 @@ class BerthApplication:
         context = await self.context()
         return await context.store.collector.collect(timedelta(seconds=self.settings.gc_grace_seconds),
                                                      self.settings.gc_settle_seconds)
+
+    async def apply_retention(self) -> RetentionReport:
+        """The daily retention run (README, "Retention"), before the garbage collection."""
+        context = await self.context()
+        return await context.store.retention.run()
 
     async def close(self) -> None:
         if self._clients is not None:

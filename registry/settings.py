@@ -42,6 +42,10 @@ class Settings:
     repository_delete_settle_override: float | None = None
     gc_grace_seconds: int = 24 * 3600
     gc_settle_seconds: int = 60
+    # Retention of untagged manifests (retention.py): the registry's policy until `retention set`
+    # stores one; None = disabled (ACR's default). Tests shorten the margin (see retention_margin).
+    retention_days: int | None = None
+    retention_margin_override: int | None = None
     # Each storage call gives up after this long per attempt (with one quick retry), so a
     # request with storage down answers 503 well inside the platform's 230 s.
     storage_timeout_seconds: int = 10
@@ -58,6 +62,14 @@ class Settings:
         if self.repository_delete_settle_override is not None:
             return self.repository_delete_settle_override
         return self.request_budget_seconds + 5
+
+    @property
+    def retention_margin_seconds(self) -> int:
+        """Retention deletes no row written more recently than this: longer than any request
+        takes, plus clock skew (tests shorten it)."""
+        if self.retention_margin_override is not None:
+            return self.retention_margin_override
+        return self.request_budget_seconds + 300
     # Authentication (BERTH_AUTH=token): see README, "Authentication".
     auth: str = "none"
     local_data_dir: str = ".berth-data"  # local runs only: Azurite's data, the generated token key
@@ -190,6 +202,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         repository_delete_settle_override=_optional_int(env, "BERTH_REPOSITORY_DELETE_SETTLE_SECONDS", 0, 600),
         gc_grace_seconds=_int(env, "BERTH_GC_GRACE_SECONDS", 24 * 3600, 0, 365 * 24 * 3600),
         gc_settle_seconds=_int(env, "BERTH_GC_SETTLE_SECONDS", 60, 0, 3600),
+        retention_days=_optional_int(env, "BERTH_RETENTION_DAYS", 0, 365),
+        retention_margin_override=_optional_int(env, "BERTH_RETENTION_MARGIN_SECONDS", 0, 3600),
         auth=_choice(env, "BERTH_AUTH", "none", ("none", "token")),
         local_data_dir=env.get("BERTH_LOCAL_DATA_DIR") or ".berth-data",
         public_url=(env.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,

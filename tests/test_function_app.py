@@ -43,6 +43,8 @@ def test_declares_anonymous_catch_all_routes(function_module: Any) -> None:
     assert timer["type"] == "timerTrigger" and timer["schedule"] == "0 17 * * * *"
     collector = functions["collect_garbage"]["bindings"][0]
     assert collector["type"] == "timerTrigger" and collector["schedule"] == "0 29 3 * * *"
+    retention = functions["apply_retention"]["bindings"][0]  # daily, before the collection
+    assert retention["type"] == "timerTrigger" and retention["schedule"] == "0 5 3 * * *"
     with open(os.path.join(os.path.dirname(function_module.__file__), "host.json")) as host:
         assert json.load(host)["extensions"]["http"]["routePrefix"] == ""
 

@@ -44,6 +44,7 @@ from registry.storage.locks import (
     locks_of,
 )
 from registry.storage.metadata import (
+    BLOB,
     MANIFEST,
     MAX_BATCH,
     REFERRER,
@@ -76,8 +77,17 @@ ATTEMPTS = 4
 # entity-group transaction of at most 100 operations.
 MAX_TAGS_PER_PUSH = 64
 _CONFLICT_STATUS = (404, 409, 412)
+# Written on a manifest row whose tag moved away or was deleted, and on a link or child row a
+# push references: each write restarts the row's retention clock (its Timestamp).
+UNTAGGED = "untagged"
+REACHED = "reached"
+Operation = tuple[str, dict[str, Any], dict[str, Any]]
 
 log = logging.getLogger("berth.storage")
+
+
+class ManifestChanged(Exception):
+    """A manifest retention judged was written since (see ManifestStore.delete)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,27 @@ def _conditional(entity: dict[str, Any]) -> dict[str, Any]:
 
 def _conflict(error: TableTransactionError) -> bool:
     return error.status_code in _CONFLICT_STATUS
+
+
+def _reference_touches(partition: str, digest: Digest, manifest: Manifest, now: datetime) -> list[Operation]:
+    """A push writes the link of every blob it references and the row of every child it
+    references (a MERGE, which fails if the row is gone): retention (retention.py) deletes a row
+    only If-Match the version it scanned and only if it was last written longer ago than any
+    request takes, so it never removes what a manifest it did not see yet references."""
+    keys = dict.fromkeys([BLOB + str(d.digest) for d in manifest.blobs]
+                         + [MANIFEST + str(d.digest) for d in manifest.children if d.digest != digest])
+    return [("update", {"PartitionKey": partition, "RowKey": key, REACHED: now}, {"mode": UpdateMode.MERGE})
+            for key in keys]
+
+
+def _untag_stamps(partition: str, digest: Digest, tag_rows: Sequence[dict[str, Any] | None],
+                  references: list[Operation], now: datetime) -> list[Operation]:
+    """Manifests the push's tags move away from: their retention clock starts now (UNTAGGED),
+    as ACR's does when a manifest loses its tag."""
+    touched = {operation[1]["RowKey"] for operation in references} | {MANIFEST + str(digest)}
+    keys = dict.fromkeys(MANIFEST + row["digest"] for row in tag_rows if row is not None and row.get("digest"))
+    return [("update", {"PartitionKey": partition, "RowKey": key, UNTAGGED: now}, {"mode": UpdateMode.MERGE})
+            for key in keys if key not in touched]
 
 
 def _fits_table_string(text: str) -> bool:
@@ -143,6 +174,8 @@ class ManifestStore:
             location = f"{MANIFEST_PREFIX}{digest.algorithm}/{digest.hex}"
             await self._content.put_once(location, body)
         now = datetime.now(UTC)
+        references = _reference_touches(partition, digest, manifest, now)
+        gone: set[str] = set()  # manifests a tag named that are not there: nothing to stamp
         for _ in range(ATTEMPTS):
             if existing is not None and rendition_of is not None:
                 return  # the rendition exists: renditions.py settles the rest with its pointer
@@ -183,16 +216,41 @@ class ManifestStore:
             if manifest.subject is not None:
                 operations.append(("upsert", self._referrer_row(partition, digest, media_type, len(body), manifest),
                                    {"mode": UpdateMode.REPLACE}))
+            stamps = [stamp for stamp in _untag_stamps(partition, digest, tag_rows, references, now)
+                      if stamp[1]["RowKey"] not in gone]
             try:
-                await self._metadata.repos.submit_transaction(operations)
+                if len(operations) + len(references) + len(stamps) <= MAX_BATCH:
+                    await self._metadata.repos.submit_transaction(operations + references + stamps)
+                else:  # too many for one transaction: first what retention must see (see _reference_touches)
+                    await self._touch_apart(references, stamps)
+                    await self._metadata.repos.submit_transaction(operations)
                 return
             except TableTransactionError as error:
                 if not _conflict(error):
                     raise
-            existing, tag_rows = await asyncio.gather(
+            # A referenced blob or child deleted meanwhile fails the touch: say which, as a check would.
+            existing, tag_rows, _, stamped = await asyncio.gather(
                 self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest)),
-                self._read_tags(partition, tags))
+                self._read_tags(partition, tags),
+                self._check_references(repository, manifest),
+                asyncio.gather(*(self._metadata.read_fast(self._metadata.repos, partition, stamp[1]["RowKey"])
+                                 for stamp in stamps)))
+            gone.update(stamp[1]["RowKey"] for stamp, row in zip(stamps, stamped, strict=True) if row is None)
         raise unavailable(f"manifest {digest} kept changing while it was pushed")
+
+    async def _touch_apart(self, references: list[Operation], stamps: list[Operation]) -> None:
+        """The touches of a push too big for one transaction, before it: in transactions of their
+        own (a missing reference fails one), and the untag stamps one by one (a manifest deleted
+        meanwhile needs none)."""
+        async def stamp(operation: Operation) -> None:
+            try:
+                await self._metadata.repos.update_entity(operation[1], mode=UpdateMode.MERGE)
+            except ResourceNotFoundError:
+                pass
+
+        await asyncio.gather(*(self._metadata.repos.submit_transaction(references[start:start + MAX_BATCH])
+                               for start in range(0, len(references), MAX_BATCH)),
+                             *(stamp(operation) for operation in stamps))
 
     async def _read_tags(self, partition: str, tags: Sequence[str]) -> list[dict[str, Any] | None]:
         return list(await asyncio.gather(*(self._metadata.read_fast(self._metadata.repos, partition, TAG + tag)
@@ -274,10 +332,11 @@ class ManifestStore:
         """The manifest bytes a manifest, tag or rendition row holds or names."""
         return row["data"] if "data" in row else await self._content.read_all(row["location"])
 
-    async def delete(self, repository: str, digest: Digest) -> list[str]:
+    async def delete(self, repository: str, digest: Digest, judged: str | None = None) -> list[str]:
         """Delete a manifest, its referrer entry, every tag that points at it and the entries of
-        its own referrers (which are no longer listed; the referrer manifests stay). Returns the
-        tags it deleted."""
+        its own referrers (which are no longer listed; retention deletes those referrers). Returns
+        the tags it deleted. `judged`: the row's version retention decided on; a row written
+        since (tagged, referenced by a push, locked) or with a tag raises ManifestChanged."""
         partition = repository_key(repository)
         check_delete(await self.locks.fresh(repository), f"repository {repository}")
         for _ in range(ATTEMPTS):
@@ -287,6 +346,8 @@ class ManifestStore:
             tags = await self._tags_of(partition, digest) if row is not None else []
             if row is None:
                 raise RegistryError(MANIFEST_UNKNOWN, f"manifest {digest} is not in repository {repository}")
+            if judged is not None and (etag_of(row) != judged or tags):
+                raise ManifestChanged(f"manifest {digest} changed since it was judged")
             # Every delete below is If-Match what was read: a lock set since fails it, and the
             # next attempt sees the lock.
             check_delete(locks_of(row), f"manifest {digest}")
@@ -346,18 +407,30 @@ class ManifestStore:
         ]
 
     async def delete_tag(self, repository: str, tag: str) -> None:
+        """Delete a tag (If-Match: a tag moved or locked meanwhile is looked at again); its
+        manifest's retention clock starts in the same transaction (UNTAGGED)."""
         partition = repository_key(repository)
         check_delete(await self.locks.fresh(repository), f"repository {repository}")
+        manifest_gone = False
         for _ in range(ATTEMPTS):
             row = await self._metadata.read_fast(self._metadata.repos, partition, TAG + tag)
             if row is None:
                 raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} is not in repository {repository}")
             check_delete(locks_of(row), f"tag {tag}")
+            operations: list[Operation] = [("delete", row, _conditional(row))]
+            if not manifest_gone:
+                operations.append(("update", {"PartitionKey": partition, "RowKey": MANIFEST + row["digest"],
+                                              UNTAGGED: datetime.now(UTC)}, {"mode": UpdateMode.MERGE}))
             try:
-                await self._metadata.repos.delete_entity(partition, TAG + tag, **_conditional(row))
+                await self._metadata.repos.submit_transaction(operations)
                 return
-            except (ResourceModifiedError, ResourceNotFoundError):
-                continue  # moved, locked or deleted since it was read: look again
+            except TableTransactionError as error:
+                if not _conflict(error):
+                    raise
+            # Moved, locked or deleted since it was read: look again (and at its manifest, which
+            # a tag always has; if not, the tag goes without a stamp).
+            manifest_gone = await self._metadata.read_fast(self._metadata.repos, partition,
+                                                           MANIFEST + row["digest"]) is None
         raise unavailable(f"tag {tag} kept changing while it was deleted")
 
     async def set_tag_locks(self, repository: str, tag: str, changes: dict[str, bool]) -> Locks:

@@ -38,6 +38,7 @@ from registry.storage.metadata import (
     repository_name,
 )
 from registry.storage.renditions import RenditionStore
+from registry.storage.retention import Retention, RetentionPolicies, RetentionPolicy
 from registry.storage.uploads import UploadSession, UploadStore
 
 __all__ = ["BlobInfo", "RegistryStore", "UploadSession"]
@@ -73,6 +74,10 @@ class RegistryStore:
         self.renditions = RenditionStore(self.metadata, self.manifests)
         self.attributes = AttributeStore(self.content, self.metadata, self.blobs, self.manifests)
         self.collector = GarbageCollector(self.content, self.metadata)
+        self.retention = Retention(self.metadata, self.manifests,
+                                   RetentionPolicies(self.metadata, settings.retention_days),
+                                   self.delete_manifest, self.renditions.forget,
+                                   settings.retention_margin_seconds, settings.gc_grace_seconds)
         # Repositories this instance has registered in the catalog: saves an idempotent write.
         self._known_repositories: set[str] = set()
 
@@ -135,15 +140,16 @@ class RegistryStore:
         if isinstance(registered, BaseException):
             raise registered
 
-    async def delete_manifest(self, repository: str, digest: Digest) -> None:
+    async def delete_manifest(self, repository: str, digest: Digest, judged: str | None = None) -> None:
         """Delete a manifest by digest, with its tags, its own referrer entry and its Docker
         rendition (renditions.py: only one made for it, never a manifest a user pushed).
+        `judged`: retention's condition (ManifestStore.delete).
 
         A repository left without manifests is flagged in the catalog; listings then check it
         (see `_listed`), so a push racing this delete on another instance is never hidden.
         """
         try:
-            await self.manifests.delete(repository, digest)
+            await self.manifests.delete(repository, digest, judged)
         except RegistryError as error:
             if error.error is MANIFEST_UNKNOWN:  # a delete cut short (503) may have left these
                 await self.renditions.forget(repository, digest)
@@ -163,6 +169,12 @@ class RegistryStore:
                 {"PartitionKey": CATALOG_PARTITION, "RowKey": repository_key(repository),
                  "listEnabled": changes["listEnabled"]}, mode=UpdateMode.MERGE)
         return locks
+
+    async def set_repository_retention(self, repository: str, status: str, days: int | None) -> RetentionPolicy:
+        """Override the registry's retention policy for one repository (retention.py)."""
+        if not await self._has_manifests(repository):
+            raise RegistryError(NAME_UNKNOWN, f"repository {repository} is not known to this registry")
+        return await self.retention.policies.set_repository(repository, status, days)
 
     async def _refuse_locked_content(self, repository: str) -> None:
         """A repository delete is refused up front if the repository or anything in it is
