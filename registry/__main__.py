@@ -210,7 +210,7 @@ def retention_command(args: argparse.Namespace) -> int:
                 for deleted in report.deleted:
                     print(f"{'would delete' if args.dry_run else 'deleted'} {deleted}")
                 print(f"berth retention: {report.summary()}")
-                return 0
+                return 1 if report.failed else 0
         except RegistryError as error:
             print(f"berth: {error.message}", file=sys.stderr)
             return 1

@@ -411,14 +411,14 @@ class ManifestStore:
         manifest's retention clock starts in the same transaction (UNTAGGED)."""
         partition = repository_key(repository)
         check_delete(await self.locks.fresh(repository), f"repository {repository}")
-        manifest_gone = False
+        gone: set[str] = set()  # manifests a tag named that are not there: nothing to stamp
         for _ in range(ATTEMPTS):
             row = await self._metadata.read_fast(self._metadata.repos, partition, TAG + tag)
             if row is None:
                 raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} is not in repository {repository}")
             check_delete(locks_of(row), f"tag {tag}")
             operations: list[Operation] = [("delete", row, _conditional(row))]
-            if not manifest_gone:
+            if row["digest"] not in gone:
                 operations.append(("update", {"PartitionKey": partition, "RowKey": MANIFEST + row["digest"],
                                               UNTAGGED: datetime.now(UTC)}, {"mode": UpdateMode.MERGE}))
             try:
@@ -429,8 +429,8 @@ class ManifestStore:
                     raise
             # Moved, locked or deleted since it was read: look again (and at its manifest, which
             # a tag always has; if not, the tag goes without a stamp).
-            manifest_gone = await self._metadata.read_fast(self._metadata.repos, partition,
-                                                           MANIFEST + row["digest"]) is None
+            if await self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + row["digest"]) is None:
+                gone.add(row["digest"])
         raise unavailable(f"tag {tag} kept changing while it was deleted")
 
     async def set_tag_locks(self, repository: str, tag: str, changes: dict[str, bool]) -> Locks:

@@ -147,6 +147,7 @@ class RetentionReport:
     links_removed: int = 0
     locked_repositories: int = 0
     changed: int = 0  # judged, then written by someone else: kept
+    failed: list[str] = field(default_factory=list)  # repositories a storage error cut short
     dry_run: bool = False
 
     def summary(self) -> str:
@@ -154,7 +155,8 @@ class RetentionReport:
         return (f"{self.repositories} repositories; {verb} {len(self.deleted)} manifests "
                 f"({self.referrers_deleted} referrers of deleted subjects) and {self.links_removed} unreferenced "
                 f"blob links; {self.locked_repositories} locked repositories skipped, {self.changed} manifests "
-                f"kept because they changed while judged")
+                f"kept because they changed while judged"
+                + (f"; FAILED in {len(self.failed)}: {', '.join(self.failed)}" if self.failed else ""))
 
 
 @dataclass
@@ -205,33 +207,50 @@ class _Repository:
             subject = manifest.row.get("subject")
             manifest.orphaned = bool(subject) and f"{subject}:{digest}" not in referrers
 
-    def doomed(self, policy: RetentionPolicy, now: datetime, margin: timedelta) -> set[str]:
+    def doomed(self, policy: RetentionPolicy, now: datetime, margin: timedelta,
+               deleted_subjects: frozenset[str] = frozenset()) -> set[str]:
         """What may go: untagged manifests older than the policy's days and referrers of deleted
-        subjects, less what a manifest that stays still reaches."""
+        subjects (and of `deleted_subjects`: a dry run's view of later passes), less what a
+        manifest that stays still reaches."""
         settled = now - margin
         expired = now - timedelta(days=policy.days) - margin
+
+        def orphaned(manifest: _Manifest) -> bool:
+            return manifest.orphaned or manifest.row.get("subject") in deleted_subjects
+
         doomed = set()
         for digest, manifest in self.manifests.items():
             if manifest.tagged or manifest.locked or manifest.row.get(RENDITION_OF) or manifest.written > settled:
                 continue
-            if manifest.orphaned or (policy.enabled and manifest.written < expired):
+            if orphaned(manifest) or (policy.enabled and manifest.written < expired):
                 doomed.add(digest)
         while True:  # what stays protects what it reaches, which then stays too
             staying = self.manifests.keys() - doomed
             reached = {child for digest in staying for child in self.manifests[digest].children}
-            reached |= {digest for digest in doomed if not self.manifests[digest].orphaned
+            # A Docker rendition reached (a user pushed a rendition index) needs its source: a
+            # rendition goes with its source and is served only while that is readable.
+            reached |= {source for digest in reached if digest in self.manifests
+                        and (source := self.manifests[digest].row.get(RENDITION_OF))}
+            reached |= {digest for digest in doomed if not orphaned(self.manifests[digest])
                         and self.manifests[digest].row.get("subject") in staying}
             if not reached & doomed:
                 return doomed
             doomed -= reached
 
-    def cascade(self, doomed: set[str]) -> set[str]:
-        """`doomed` and the referrers its deletes would orphan (a dry run's view of later passes)."""
-        doomed = set(doomed)
+    def roots(self, doomed: set[str]) -> list[str]:
+        """The doomed manifests no other doomed one names as child or subject: deleted first, so a
+        failed delete (the manifest was tagged or locked meanwhile) never leaves an index without
+        a child or a subject without its referrers; the others go in a later pass."""
+        named = {child for digest in doomed for child in self.manifests[digest].children}
+        named |= {digest for digest in doomed if self.manifests[digest].row.get("subject") in doomed}
+        return sorted(doomed - named)
+
+    def cascade(self, policy: RetentionPolicy, now: datetime, margin: timedelta) -> set[str]:
+        """Everything the passes of a run would delete, if no delete failed (a dry run)."""
+        doomed = self.doomed(policy, now, margin)
         while True:
-            more = {digest for digest, manifest in self.manifests.items() if digest not in doomed
-                    and manifest.row.get("subject") in doomed and not manifest.tagged and not manifest.locked}
-            if not more:
+            more = self.doomed(policy, now, margin, frozenset(doomed))
+            if more <= doomed:
                 return doomed
             doomed |= more
 
@@ -259,7 +278,11 @@ class Retention:
             repositories = [repository_name(row["RowKey"]) async for row in
                             self._metadata.scan(self._metadata.catalog, CATALOG_PARTITION, "", select=["RowKey"])]
         for name in repositories:
-            await self._repository(name, registry, dry_run, now, report)
+            try:
+                await self._repository(name, registry, dry_run, now, report)
+            except Exception:  # storage unavailable, a body that cannot be read: the others still run
+                log.exception("retention failed in repository %s; it is judged again next run", name)
+                report.failed.append(name)
             report.repositories += 1
             if progress is not None:
                 progress("repositories", report.repositories)
@@ -293,7 +316,7 @@ class Retention:
                 return
             doomed = repository.doomed(policy, started, self._margin)
             if dry_run:
-                doomed = repository.cascade(doomed)
+                doomed = repository.cascade(policy, started, self._margin)
                 report.deleted += [f"{name}@{digest}" for digest in sorted(doomed)]
                 report.referrers_deleted += sum(repository.manifests[d].orphaned
                                                 or repository.manifests[d].row.get("subject") in doomed for d in doomed)
@@ -301,9 +324,7 @@ class Retention:
                     report.links_removed += len(self._unreferenced(repository, doomed, policy, started))
                 return
             await self._forget_orphaned_renditions(name, repository, started)
-            # Roots first: an index before its children (a child goes in a later pass).
-            within = {child for digest in doomed for child in repository.manifests[digest].children}
-            roots = [repository.manifests[digest] for digest in sorted(doomed - within)]
+            roots = [repository.manifests[digest] for digest in repository.roots(doomed)]
             if not roots:
                 if policy.enabled:
                     await self._unlink_unreferenced(repository, policy, started, report)

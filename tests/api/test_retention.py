@@ -29,6 +29,8 @@ from registry.settings import load_settings
 from registry.storage.retention import RetentionReport
 from tests.conftest import Server, start_server, stop_server
 from tests.helpers import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
     OCI_CONFIG,
     OCI_EMPTY,
     OCI_INDEX,
@@ -53,7 +55,7 @@ def retention_servers(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory
     started: list[Server] = []
     try:
         for _ in range(2):
-            started.append(start_server(azurite, tmp, **SETTINGS))
+            started.append(start_server(azurite, tmp, BERTH_DOCKER_RENDITIONS="retr/*", **SETTINGS))
         yield started
     finally:
         for server in started:
@@ -116,14 +118,24 @@ def lock(http: httpx.Client, path: str, **flags: bool) -> None:
 
 def platform(http: httpx.Client, repository: str, arch: str) -> tuple[str, bytes]:
     """An image manifest pushed by digest only (as a child of an index is)."""
+    pushed = platform_or_refused(http, repository, arch)
+    assert pushed is not None
+    return pushed
+
+
+def platform_or_refused(http: httpx.Client, repository: str, arch: str) -> tuple[str, bytes] | None:
+    """As `platform`; None if the push was refused because a blob it named was unlinked first."""
     config = json.dumps({"architecture": arch, "os": "linux", "n": os.urandom(4).hex()}).encode()
     layer = os.urandom(900)
     push_blob(http, repository, config)
     push_blob(http, repository, layer)
     body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, config),
                        "layers": [descriptor(OCI_LAYER, layer)]}).encode()
-    assert put_manifest(http, repository, sha256(body), body).status_code == 201
-    return sha256(body), body
+    response = put_manifest(http, repository, sha256(body), body)
+    if response.status_code == 201:
+        return sha256(body), body
+    assert response.status_code == 400 and error_codes(response) == ["MANIFEST_BLOB_UNKNOWN"], response.text
+    return None
 
 
 def index_of(children: list[tuple[str, bytes]]) -> bytes:
@@ -238,6 +250,7 @@ def test_a_signature_goes_with_its_deleted_subject(azurite: Azurite, http: httpx
     """Whatever the policy (disabled here): referrers of a deleted subject are deleted, and a
     signature of that signature after it; a subject that stays keeps its referrers."""
     subject, subject_body = push_image(http, name, "v1")
+    assert cli(azurite, "set", "--repository", name, "--status", "disabled").returncode == 0
     sig = signature(http, name, subject, subject_body)
     countersig = signature(http, name, sig, http.get(f"/v2/{name}/manifests/{sig}",
                                                      headers={"Accept": OCI_MANIFEST}).content)
@@ -245,7 +258,9 @@ def test_a_signature_goes_with_its_deleted_subject(azurite: Azurite, http: httpx
     assert retention(azurite, [name], LATER).deleted == []
 
     assert http.delete(f"/v2/{name}/manifests/{subject}").status_code == 202
-    report = retention(azurite, [name])
+    dry = retention(azurite, [name], LATER, dry_run=True)  # the later pass foreseen
+    assert sorted(dry.deleted) == sorted([f"{name}@{sig}", f"{name}@{countersig}"])
+    report = retention(azurite, [name], LATER)
     assert report.deleted == [f"{name}@{sig}", f"{name}@{countersig}"] and report.referrers_deleted == 2
     assert not exists(http, name, sig) and not exists(http, name, countersig) and exists(http, name, early)
 
@@ -257,9 +272,32 @@ def test_an_old_untagged_signature_of_a_live_subject_stays(azurite: Azurite, htt
     assert retention(azurite, [name], LATER).deleted == []
     push_image(http, name, "v1")  # the subject loses its tag: it goes, and its signature with it
     report = retention(azurite, [name], LATER)
-    assert sorted(report.deleted) == sorted([f"{name}@{subject}", f"{name}@{sig}"])
+    assert report.deleted == [f"{name}@{subject}", f"{name}@{sig}"]  # the subject first, a pass apart
     referrers = http.get(f"/v2/{name}/referrers/{subject}").json()
     assert referrers["manifests"] == []
+
+
+def test_a_pushed_docker_rendition_keeps_the_oci_children_it_is_made_of(
+        azurite: Azurite, http: httpx.Client) -> None:
+    """A Docker-only client pulls an OCI index (served as a Docker manifest list whose children
+    are renditions of the OCI children) and pushes it under a tag of its own. When the OCI
+    index loses its tag and goes, the OCI children stay: the tagged list's children are their
+    renditions, which exist and are served only with their sources."""
+    name = f"retr/{os.urandom(5).hex()}"
+    children = [platform(http, name, arch) for arch in ("amd64", "arm64")]
+    assert put_manifest(http, name, "1.2", index_of(children), OCI_INDEX).status_code == 201
+    enable(azurite, name, 1)
+    docker_list = http.get(f"/v2/{name}/manifests/1.2", headers={"Accept": DOCKER_LIST})
+    assert docker_list.status_code == 200 and docker_list.headers["Content-Type"] == DOCKER_LIST
+    assert put_manifest(http, name, "stable", docker_list.content, DOCKER_LIST).status_code == 201
+    push_image(http, name, "1.2")  # the OCI index is untagged now
+    report = retention(azurite, [name], LATER)
+    assert len(report.deleted) == 1  # the OCI index alone
+    for child in json.loads(docker_list.content)["manifests"]:
+        got = http.get(f"/v2/{name}/manifests/{child['digest']}", headers={"Accept": DOCKER_MANIFEST})
+        assert got.status_code == 200 and got.headers["Docker-Content-Digest"] == child["digest"]
+    for digest, _ in children:
+        assert exists(http, name, digest)
 
 
 def test_links_no_manifest_references_go(
@@ -383,10 +421,10 @@ def test_retention_under_fire_never_breaks_an_acknowledged_push(
         repository = repositories[worker % 2]
         for round_ in range(10):
             tag = f"w{worker}-{round_ % 3}"
-            try:
-                children = [platform(http, repository, arch) for arch in ("amd64", "arm64")]
-            except AssertionError as error:
-                refusals.append(str(error))
+            pushed = [platform_or_refused(http, repository, arch) for arch in ("amd64", "arm64")]
+            children = [child for child in pushed if child is not None]
+            if len(children) < 2:
+                refusals.append(f"{repository}: a child refused")
                 continue
             index = index_of(children)
             response = put_manifest(http, repository, tag, index, OCI_INDEX)
