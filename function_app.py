@@ -27,9 +27,10 @@ async def distribution_api(req: Request) -> Response:
     return await berth.handle(req)
 
 
-@app.route(route="acr/v1/{*path}", methods=["GET", "DELETE", "PATCH"])
+@app.route(route="acr/v1/{*path}", methods=["GET", "DELETE", "PATCH", "POST"])
 async def acr_metadata_api(req: Request) -> Response:
-    """The ACR metadata API: /acr/v1/_catalog and /acr/v1/<name>[/_tags|/_manifests[/...]]."""
+    """The ACR metadata API: /acr/v1/_catalog and /acr/v1/<name>[/_tags|/_manifests[/...]], and
+    POST /acr/v1/<name>/_import (import from another registry)."""
     return await berth.handle(req)
 
 

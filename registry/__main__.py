@@ -244,6 +244,87 @@ def _retention_parsers(commands: Any) -> None:
     run.add_argument("--dry-run", action="store_true", help="report what would be deleted, change nothing")
 
 
+def import_command(args: argparse.Namespace) -> int:
+    """`import`: copy an image from another registry, server-side (az acr import)."""
+    import aiohttp
+
+    from registry.oci.errors import RegistryError
+    from registry.oci.names import validate_name, validate_tag
+    from registry.ops.importer import Importer, ImportReport, parse_platform
+    from registry.ops.upstream import UpstreamClient, UpstreamError, parse_source
+
+    try:
+        source = parse_source(args.source, args.registry)
+        platform = parse_platform(args.platform) if args.platform else None
+        targets: dict[str, list[str]] = {}
+        for image in args.image or [f"{source.repository}:{source.reference}" if ":" not in source.reference
+                                    else source.repository]:
+            repository, _, tag = image.partition(":")
+            targets.setdefault(validate_name(repository), []).extend([validate_tag(tag)] if tag else [])
+    except (ValueError, RegistryError) as error:
+        print(f"berth: {getattr(error, 'message', error)}", file=sys.stderr)
+        return 2
+    if bool(args.username) != bool(args.password or args.password_stdin):
+        print("berth: give --username with --password or --password-stdin, or neither", file=sys.stderr)
+        return 2
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else args.password
+    credentials = (args.username, password) if args.username else None
+    tty = sys.stderr.isatty()
+
+    def progress(event: str, digest: str, done: int, total: int) -> None:
+        if tty and event == "blob":
+            percent = 100 * done // total if total else 100
+            print(f"\r  {digest[:23]}  {done:>12} / {total} bytes  {percent:>3}%", end="", file=sys.stderr,
+                  flush=True)
+            if done >= total:
+                print(file=sys.stderr)
+        elif tty and event in ("present", "mounted"):
+            print(f"  {digest[:23]}  {'already there' if event == 'present' else 'linked from another repository'}",
+                  file=sys.stderr)
+
+    async def work(ctx: Context) -> int:
+        timeout = aiohttp.ClientTimeout(sock_connect=30, sock_read=300)
+        async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as session:
+            client = UpstreamClient(session, credentials, max_manifest_bytes=ctx.settings.max_manifest_bytes)
+            importer = Importer(ctx.store, client, progress)
+            for repository, tags in targets.items():
+                try:
+                    report: ImportReport = await importer.run(source, repository, tags, args.force, platform,
+                                                              args.include_referrers)
+                except UpstreamError as error:
+                    print(f"berth: import failed: {error.message}", file=sys.stderr)
+                    return 1
+                except RegistryError as error:
+                    print(f"berth: import failed: {error.message}", file=sys.stderr)
+                    return 1
+                print(f"berth: {report.summary()}")
+        return 0
+
+    return with_store(work)
+
+
+def _import_parser(commands: Any) -> None:
+    parser = commands.add_parser("import", help="copy an image from another registry, server-side (az acr import)",
+                                 description="Copy an image (every platform of an index; with --include-referrers "
+                                             "its signatures and SBOMs too) from another registry into this one. "
+                                             "Repeating an import that was cut short fetches only what is missing.")
+    parser.add_argument("--source", required=True,
+                        help="[registry/]repository(:tag|@digest), e.g. docker.io/library/nginx:1.27, "
+                             "mcr.microsoft.com/dotnet/runtime:8.0; http://host:port/... for a registry without TLS")
+    parser.add_argument("--registry", help="the source registry, when --source names only repository and tag")
+    parser.add_argument("--image", "-t", action="append",
+                        help="target repository:tag (repeatable; default: the source's repository and tag)")
+    parser.add_argument("--username", "-u", help="for the source registry")
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument("--password", "-p", help="for the source registry (prefer --password-stdin)")
+    secret.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    parser.add_argument("--platform", help="import only this image of an index, os/architecture[/variant] "
+                                           "(default: every platform)")
+    parser.add_argument("--include-referrers", action="store_true",
+                        help="also copy the referrers (signatures, SBOMs, attestations) the source lists")
+    parser.add_argument("--force", action="store_true", help="move a target tag that names other content")
+
+
 def tokens_command(args: argparse.Namespace) -> int:
     from registry.auth.passwords import generate_password, hash_password
     from registry.auth.roles import parse_scope_map
@@ -505,12 +586,14 @@ def main(argv: list[str] | None = None) -> int:
                            help="wait between condemning and deleting (default: BERTH_GC_SETTLE_SECONDS, 60)")
     _metadata_parsers(commands)
     _retention_parsers(commands)
+    _import_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every storage call at INFO
     handlers = {"serve": serve, "purge-uploads": purge_uploads, "tokens": tokens_command, "roles": roles_command,
                 "gc": collect_garbage, "repo": metadata_command, "tags": metadata_command,
-                "manifests": metadata_command, "retention": retention_command}
+                "manifests": metadata_command, "retention": retention_command,
+                "import": import_command}
     return handlers[args.command](args)
 
 

@@ -46,6 +46,8 @@ class Settings:
     # stores one; None = disabled (ACR's default). Tests shorten the margin (see retention_margin).
     retention_days: int | None = None
     retention_margin_override: int | None = None
+    # Hosts (`host` or `host:port`) the HTTP import endpoint may reach on private addresses.
+    import_private_hosts: tuple[str, ...] = ()
     # Each storage call gives up after this long per attempt (with one quick retry), so a
     # request with storage down answers 503 well inside the platform's 230 s.
     storage_timeout_seconds: int = 10
@@ -204,6 +206,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gc_settle_seconds=_int(env, "BERTH_GC_SETTLE_SECONDS", 60, 0, 3600),
         retention_days=_optional_int(env, "BERTH_RETENTION_DAYS", 0, 365),
         retention_margin_override=_optional_int(env, "BERTH_RETENTION_MARGIN_SECONDS", 0, 3600),
+        import_private_hosts=tuple(h.strip() for h in (env.get("BERTH_IMPORT_PRIVATE_HOSTS") or "").split(",")
+                                   if h.strip()),
         auth=_choice(env, "BERTH_AUTH", "none", ("none", "token")),
         local_data_dir=env.get("BERTH_LOCAL_DATA_DIR") or ".berth-data",
         public_url=(env.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,

@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The real clients the suite drives, and nginx (the round-robin front of the multi-instance
-# mode), from Debian. Without root they must already be installed.
-clients=(skopeo podman buildah containerd)
+# The real clients the suite drives, the CNCF registry (an upstream to import from), and nginx
+# (the round-robin front of the multi-instance mode), from Debian. Without root they must
+# already be installed. Their services are not started (see policy-rc.d below).
+clients=(skopeo podman buildah containerd docker-registry)
 missing=()
 for tool in "${clients[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 # nginx lives in /usr/sbin, often not on a non-root PATH; Debian 12 ships it as nginx-light.

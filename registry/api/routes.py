@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from registry.api import acr, blobs, health, listings, manifests, token, uploads
+from registry.api import acr, blobs, health, imports, listings, manifests, token, uploads
 from registry.api.http import API_VERSION_HEADER, Context, error_response
 from registry.auth import Access, Authorizer
 from registry.oci.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNKNOWN, RegistryError
@@ -77,6 +77,7 @@ ROUTES = [
     _route(f"/acr/v1/{_NAME}/_manifests", GET=(acr.list_manifests, METADATA_READ)),
     _route(f"/acr/v1/{_NAME}/_manifests/(?P<digest>[^/]+)", GET=(acr.get_manifest, METADATA_READ),
            PATCH=(acr.update_manifest, METADATA_WRITE), DELETE=(acr.delete_manifest, DELETE)),
+    _route(f"/acr/v1/{_NAME}/_import", POST=(imports.import_image, PUSH)),
     _route(f"/acr/v1/{_NAME}", GET=(acr.get_repository, METADATA_READ), PATCH=(acr.update_repository, METADATA_WRITE),
            DELETE=(acr.delete_repository, DELETE)),
     _route("/oauth2/token", GET=(token.get_token, None), POST=(token.post_token, None)),
@@ -88,7 +89,7 @@ ROUTES = [
 CLIENT_PACED = {uploads.start_upload, uploads.patch_upload, uploads.finish_upload}
 # Handlers that wait out the request budget of others on purpose (a repository delete waits for
 # pushes that checked their blobs before it unlinked them): bounded by their own storage calls.
-OUTLASTS_BUDGET = {acr.delete_repository}
+OUTLASTS_BUDGET = {acr.delete_repository, imports.import_image}  # an import has a budget of its own
 # Routes that must answer without storage (or a context) at all.
 BARE_ROUTES: dict[str, Handler] = {"/health/live": health.live}
 

@@ -40,6 +40,11 @@ PAGINATION_NUMBER_INVALID = ErrorCode("PAGINATION_NUMBER_INVALID", 400, "invalid
 # The ACR metadata API (/acr/v1): a tag that is not there, and a query Berth will not answer.
 TAG_UNKNOWN = ErrorCode("TAG_UNKNOWN", 404, "tag unknown to registry")
 QUERY_UNSUPPORTED = ErrorCode("UNSUPPORTED", 400, "query not supported")
+# Import from another registry: the target tag names other content (without Force, as ACR's
+# NoForce mode refuses), the upstream failed or refused, an address the caller may not reach.
+IMPORT_CONFLICT = ErrorCode("DENIED", 409, "the target tag exists and names other content")
+UPSTREAM_FAILED = ErrorCode("UNKNOWN", 502, "the upstream registry failed")
+UPSTREAM_FORBIDDEN = ErrorCode("DENIED", 403, "the upstream address may not be reached from here")
 
 
 class RegistryError(Exception):

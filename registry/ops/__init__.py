@@ -1,0 +1,1 @@
+"""Background and operator work on top of storage: import from other registries."""

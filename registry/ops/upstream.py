@@ -1,0 +1,358 @@
+"""A client of another registry (Docker Hub, MCR, GHCR, ACR, another Berth, the CNCF registry):
+what import reads from upstream.
+
+- Auth as registries answer it: a 401's `WWW-Authenticate: Bearer realm=...,service=...` is
+  exchanged at the realm for a token (with Basic credentials if given, anonymous otherwise);
+  `Basic` challenges get the credentials. Tokens are kept per repository until they expire.
+- 429 and 503 are retried after `Retry-After` (or a backoff), a few times, then reported.
+- Redirects (blob downloads go to CDNs and storage) are followed by hand: the Authorization
+  header goes only to the registry's own host.
+- Nothing upstream says is trusted: a manifest's bytes must hash to the digest asked for or
+  announced (`Docker-Content-Digest`); a blob's bytes are hashed by the upload they stream into.
+- `guard`, when given, vets every address connected to (the HTTP import endpoint refuses
+  private and link-local addresses: see `public_only`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import json
+import re
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+
+from registry.oci.convert import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
+from registry.oci.digest import Digest, digest_of, parse_digest
+from registry.oci.names import validate_name, validate_tag
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST)
+MAX_REDIRECTS = 5
+ATTEMPTS = 4
+MAX_WAIT_SECONDS = 30.0
+CHUNK = 1024 * 1024
+_CHALLENGE_PARAMETER = re.compile(r'(\w+)="([^"]*)"')
+
+
+class UpstreamError(Exception):
+    """The upstream registry refused or failed; `status` is its HTTP status (0: no answer)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class UpstreamForbidden(UpstreamError):
+    """An address the guard does not let this registry connect to."""
+
+    def __init__(self, message: str):
+        super().__init__(403, message)
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    scheme: str  # https, or http for a registry without TLS named so explicitly
+    registry: str  # host[:port] as named; docker.io for Docker Hub
+    repository: str
+    reference: str  # a tag or a digest
+
+    @property
+    def api_host(self) -> str:
+        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+
+    def __str__(self) -> str:
+        separator = "@" if ":" in self.reference else ":"
+        return f"{self.registry}/{self.repository}{separator}{self.reference}"
+
+
+def parse_source(text: str, registry: str | None = None) -> SourceImage:
+    """`[http[s]://][registry/]repository(:tag|@digest)`, as docker names images: no registry
+    (or one without a dot, colon or `localhost`) is Docker Hub, where a one-part name is
+    `library/<name>`; no tag is `latest`. `registry` names it separately (ACR's registryUri)."""
+    scheme = "https"
+    for prefix in ("https://", "http://"):
+        if text.startswith(prefix):
+            scheme, text = prefix[:-3], text[len(prefix):]
+    if registry:
+        registry = registry.removeprefix("https://").removesuffix("/")
+        if registry.startswith("http://"):
+            scheme, registry = "http", registry[len("http://"):]
+    else:
+        first, _, rest = text.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost"):
+            registry, text = first, rest
+        else:
+            registry = DOCKER_HUB
+    if registry in ("index.docker.io", "registry-1.docker.io"):
+        registry = DOCKER_HUB
+    if "@" in text:
+        name, _, reference = text.partition("@")
+        parse_digest(reference)
+    else:
+        name, colon, tag = text.rpartition(":")
+        if not colon or "/" in tag:
+            name, reference = text, "latest"
+        else:
+            reference = validate_tag(tag)
+    if registry == DOCKER_HUB and "/" not in name:
+        name = f"library/{name}"
+    if not registry or any(c in registry for c in "/?#@ "):
+        raise ValueError(f"invalid registry {registry!r}")
+    return SourceImage(scheme, registry, validate_name(name), reference)
+
+
+def _challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), dict(_CHALLENGE_PARAMETER.findall(rest))
+
+
+def _retry_after(response: aiohttp.ClientResponse, attempt: int) -> float:
+    raw = response.headers.get("Retry-After", "")
+    wait = float(raw) if raw.isdigit() else 2.0 ** attempt
+    return min(wait, MAX_WAIT_SECONDS)
+
+
+Guard = Callable[[str, int], None]  # (host, port): raises UpstreamError if not to be reached
+
+
+def _private(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return not ip.is_global or ip.is_multicast
+
+
+def public_only(allowed: Sequence[str]) -> Guard:
+    """A guard for imports asked over HTTP: the host must not be or resolve to a loopback,
+    private, link-local or otherwise non-global address (the instance's own network, the
+    metadata endpoint), unless `allowed` names it (`host` or `host:port`). Resolved again on
+    connect by `GuardedResolver`, so a name cannot change its answer in between."""
+    def check(host: str, port: int) -> None:
+        if host in allowed or f"{host}:{port}" in allowed:
+            return
+        try:
+            if _private(host):
+                raise UpstreamForbidden(f"{host} is a private address; BERTH_IMPORT_PRIVATE_HOSTS may allow it")
+        except ValueError:
+            pass  # a name: its addresses are checked when they are resolved
+
+    return check
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves names and refuses private answers unless the host is allowed."""
+
+    def __init__(self, allowed: Sequence[str]):
+        self._allowed = allowed
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+        answers = await self._inner.resolve(host, port, family)
+        if host in self._allowed or f"{host}:{port}" in self._allowed:
+            return answers
+        for answer in answers:
+            if _private(answer["host"]):
+                raise UpstreamForbidden(f"{host} resolves to a private address; BERTH_IMPORT_PRIVATE_HOSTS "
+                                        "may allow it")
+        return answers
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class UpstreamClient:
+    def __init__(self, session: aiohttp.ClientSession, credentials: tuple[str, str] | None = None,
+                 guard: Guard | None = None, max_manifest_bytes: int = 4 * 1024 * 1024):
+        self._session = session
+        self._credentials = credentials
+        self._guard = guard
+        self._max_manifest_bytes = max_manifest_bytes
+        self._authorization: dict[tuple[str, str], tuple[str, float]] = {}  # (host, repo) -> (header, until)
+
+    def _base(self, source: SourceImage) -> str:
+        return f"{source.scheme}://{source.api_host}"
+
+    async def manifest(self, source: SourceImage, reference: str) -> tuple[bytes, str, Digest]:
+        """The manifest's bytes, media type and digest, verified."""
+        path = f"/v2/{source.repository}/manifests/{reference}"
+        async with self._request(source, "GET", path, {"Accept": ", ".join(MANIFEST_TYPES)}) as response:
+            if response.status == 404:
+                raise UpstreamError(404, f"{source.registry}/{source.repository}@{reference} was not found upstream")
+            self._expect_ok(response, source, reference)
+            body = await response.content.read(self._max_manifest_bytes + 1)
+            if len(body) > self._max_manifest_bytes:
+                raise UpstreamError(413, f"the manifest of {source} is larger than {self._max_manifest_bytes} bytes")
+            announced = response.headers.get("Docker-Content-Digest")
+            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        expected = parse_digest(reference) if ":" in reference else parse_digest(announced) if announced else None
+        digest = digest_of(body, expected.algorithm if expected else "sha256")
+        if expected is not None and digest != expected:
+            raise UpstreamError(502, f"{source.registry} sent a manifest for {reference} whose digest is {digest}, "
+                                     f"not {expected}: nothing was stored")
+        if media_type not in MANIFEST_TYPES:
+            media_type = _declared_type(body) or media_type
+        return body, media_type, digest
+
+    async def blob(self, source: SourceImage, digest: Digest) -> AsyncIterator[bytes]:
+        """The blob's bytes as they arrive (the caller's upload verifies the digest)."""
+        async with self._request(source, "GET", f"/v2/{source.repository}/blobs/{digest}", {}) as response:
+            if response.status == 404:
+                raise UpstreamError(404, f"blob {digest} of {source} was not found upstream")
+            self._expect_ok(response, source, str(digest))
+            async for chunk in response.content.iter_chunked(CHUNK):
+                yield chunk
+
+    async def referrers(self, source: SourceImage, digest: Digest) -> list[dict[str, Any]]:
+        """The referrers API's descriptors (every page); empty where upstream has no such API."""
+        path: str | None = f"/v2/{source.repository}/referrers/{digest}"
+        found: list[dict[str, Any]] = []
+        while path:
+            async with self._request(source, "GET", path, {"Accept": OCI_INDEX}) as response:
+                if response.status in (404, 400, 405):
+                    return found
+                self._expect_ok(response, source, f"referrers of {digest}")
+                document = json.loads(await response.content.read(self._max_manifest_bytes + 1))
+                link = response.headers.get("Link", "")
+            found += [d for d in document.get("manifests", []) if isinstance(d, dict)]
+            match = re.match(r"\s*<([^>]+)>", link)
+            path = match.group(1) if match and 'rel="next"' in link else None
+        return found
+
+    @staticmethod
+    def _expect_ok(response: aiohttp.ClientResponse, source: SourceImage, what: str) -> None:
+        if response.status == 401 or response.status == 403:
+            raise UpstreamError(response.status, f"{source.registry} refused the credentials for "
+                                                 f"{source.repository} ({what}): HTTP {response.status}")
+        if response.status == 429:
+            raise UpstreamError(429, f"{source.registry} kept throttling (429) {what}; try again later")
+        if response.status != 200:
+            raise UpstreamError(response.status, f"{source.registry} answered HTTP {response.status} for {what}")
+
+    def _request(self, source: SourceImage, method: str, path: str, headers: dict[str, str]) -> _Exchange:
+        return _Exchange(self, source, method, path, headers)
+
+    async def _send(self, source: SourceImage, method: str, path: str,
+                    headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """One request with auth, throttling and redirects handled; the caller releases it."""
+        key = (source.api_host, source.repository)
+        challenged = False
+        for attempt in range(ATTEMPTS + 1):
+            authorization = self._authorization.get(key)
+            if authorization is not None and authorization[1] < time.monotonic():
+                authorization = None
+            sent = dict(headers)
+            if authorization is not None:
+                sent["Authorization"] = authorization[0]
+            response = await self._follow(self._base(source) + path, method, sent, source.api_host)
+            if response.status == 401 and not challenged:
+                challenged = True
+                header = response.headers.get("WWW-Authenticate", "")
+                response.release()
+                self._authorization[key] = await self._authorize(source, header)
+                continue
+            if response.status in (429, 503) and attempt < ATTEMPTS:
+                wait = _retry_after(response, attempt)
+                response.release()
+                await asyncio.sleep(wait)
+                continue
+            return response
+        raise AssertionError("unreachable")
+
+    async def _follow(self, url: str, method: str, headers: dict[str, str],
+                      registry_host: str) -> aiohttp.ClientResponse:
+        for _ in range(MAX_REDIRECTS + 1):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise UpstreamError(502, f"upstream redirected to {url[:200]!r}")
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            if self._guard is not None:
+                self._guard(parts.hostname, port)
+            sent = headers if parts.netloc == registry_host else {k: v for k, v in headers.items()
+                                                                  if k != "Authorization"}
+            try:
+                response = await self._session.request(method, url, headers=sent, allow_redirects=False)
+            except aiohttp.ClientError as error:
+                raise UpstreamError(0, f"{parts.netloc} did not answer: {error}") from None
+            if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
+                url = urljoin(url, response.headers["Location"])
+                response.release()
+                continue
+            return response
+        raise UpstreamError(502, f"more than {MAX_REDIRECTS} redirects from {registry_host}")
+
+    async def _authorize(self, source: SourceImage, header: str) -> tuple[str, float]:
+        scheme, parameters = _challenge(header)
+        if scheme == "basic":
+            if self._credentials is None:
+                raise UpstreamError(401, f"{source.registry} needs credentials (--username/--password)")
+            pair = f"{self._credentials[0]}:{self._credentials[1]}".encode()
+            return "Basic " + base64.b64encode(pair).decode(), float("inf")
+        if scheme != "bearer" or "realm" not in parameters:
+            raise UpstreamError(401, f"{source.registry} asked for authentication Berth does not speak: "
+                                     f"{header[:100]!r}")
+        query = {"scope": parameters.get("scope") or f"repository:{source.repository}:pull"}
+        if "service" in parameters:
+            query["service"] = parameters["service"]
+        auth = aiohttp.BasicAuth(*self._credentials) if self._credentials else None
+        realm = parameters["realm"]
+        realm_parts = urlsplit(realm)
+        if realm_parts.scheme != "https" and not (realm_parts.scheme == "http" and source.scheme == "http"):
+            raise UpstreamError(502, f"{source.registry} names a token service that is not https: {realm[:200]}")
+        if self._guard is not None and realm_parts.hostname:
+            self._guard(realm_parts.hostname, realm_parts.port or (443 if realm_parts.scheme == "https" else 80))
+        try:
+            async with self._session.get(realm, params=query, auth=auth, allow_redirects=False) as response:
+                if response.status in (401, 403):
+                    raise UpstreamError(401, f"the token service of {source.registry} refused the credentials")
+                if response.status != 200:
+                    raise UpstreamError(response.status, f"the token service of {source.registry} answered HTTP "
+                                                         f"{response.status}")
+                document = await response.json(content_type=None)
+        except aiohttp.ClientError as error:
+            raise UpstreamError(0, f"the token service of {source.registry} did not answer: {error}") from None
+        token = document.get("token") or document.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise UpstreamError(502, f"the token service of {source.registry} sent no token")
+        lifetime = document.get("expires_in")
+        lifetime = float(lifetime) if isinstance(lifetime, int | float) and lifetime > 0 else 60.0
+        return f"Bearer {token}", time.monotonic() + max(lifetime - 10, 5)
+
+
+class _Exchange:
+    """`async with client._request(...) as response`: sent on enter, released on exit."""
+
+    def __init__(self, client: UpstreamClient, source: SourceImage, method: str, path: str,
+                 headers: dict[str, str]):
+        self._args = (source, method, path, headers)
+        self._client = client
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        self._response = await self._client._send(*self._args)
+        return self._response
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._response is not None:
+            self._response.release()
+
+
+def _declared_type(body: bytes) -> str | None:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    media_type = document.get("mediaType") if isinstance(document, dict) else None
+    if isinstance(media_type, str):
+        return media_type
+    if isinstance(document, dict) and "manifests" in document:
+        return OCI_INDEX
+    return OCI_MANIFEST if isinstance(document, dict) and "layers" in document else None
