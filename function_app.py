@@ -12,11 +12,14 @@ import logging
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from registry.app import BerthApplication
-from registry.settings import load_settings
+from registry.app import application_from_environment
+
+# The storage SDKs log every call at INFO; in Application Insights that is noise and cost.
+logging.getLogger("azure").setLevel(logging.WARNING)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
-berth = BerthApplication(load_settings())
+# With wrong settings every request answers 503 and the log says why (the functions stay indexed).
+berth = application_from_environment()
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 

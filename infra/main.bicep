@@ -35,6 +35,7 @@ param clientVnetId string = ''
 param publicNetworkAccess string = 'Disabled'
 
 @description('App ID URI (and/or client id) of the registry\'s Entra app registration (BERTH_ENTRA_AUDIENCE).')
+@minLength(1)
 param entraAudience string
 
 @description('How blob GETs are answered: redirect (307 to a short-lived SAS via storage\'s private endpoint) or proxy.')
@@ -61,6 +62,11 @@ param tokenSigningKey string = ''
 param requestBodySizeLimit int = 2000000000
 
 param maximumInstanceCount int = 40
+
+@description('HTTP requests one instance serves at once (Flex Consumption perInstanceConcurrency). Berth is async: an instance waits on storage, not on its CPU. The bound is memory: a streaming layer upload holds (BERTH_BLOCKS_IN_FLIGHT + 1) x 4 MiB, 20 MiB by default, so 32 of them take 640 MiB of a 2048 MB instance.')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = 32
 
 @allowed([
   2048
@@ -215,7 +221,17 @@ resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (
   }
 }
 
+// Token auth cannot start without a key every instance shares: refuse the deployment without one.
 var signingKeySetting = empty(keyVaultName) ? tokenSigningKey : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${signingKeySecretName})'
+
+// Refuses, before anything is created, parameters with which the app cannot start.
+module preconditions 'modules/preconditions.bicep' = {
+  name: 'preconditions'
+  params: {
+    keyVaultName: keyVaultName
+    tokenSigningKey: tokenSigningKey
+  }
+}
 
 module functionApp 'modules/functionapp.bicep' = {
   name: 'functionapp'
@@ -234,6 +250,7 @@ module functionApp 'modules/functionapp.bicep' = {
     zoneRedundant: zoneRedundant
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
     requestBodySizeLimit: requestBodySizeLimit
     registrySettings: {
       BERTH_STORAGE_ACCOUNT: storageName
@@ -255,6 +272,7 @@ module functionApp 'modules/functionapp.bicep' = {
     tags: tags
   }
   dependsOn: [
+    preconditions
     blobDataOwner
     tableDataContributor
     queueDataContributor

@@ -7,6 +7,7 @@ The same `BerthApplication` serves both hosts: it is an ASGI app for uvicorn, an
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +22,8 @@ from registry.auth.authorizer import TokenAuthorizer
 from registry.auth.entra import EntraValidator
 from registry.auth.service import TokenService
 from registry.auth.tokens import TokenIssuer
-from registry.settings import Settings, SettingsError
+from registry.oci.errors import UNAVAILABLE, RegistryError
+from registry.settings import Settings, SettingsError, load_settings
 from registry.storage.access_store import AccessStore
 from registry.storage.clients import StorageClients, create_clients
 from registry.storage.gc import CollectionReport
@@ -43,6 +45,34 @@ def entra_validator(settings: Settings) -> EntraValidator | None:
         return None
     return EntraValidator(settings.entra_tenant_id, list(settings.entra_audiences), settings.entra_jwks_url,
                           settings.entra_authority_host, settings.entra_jwks_cooldown_seconds)
+
+
+class MisconfiguredApplication:
+    """What the host serves when the settings are wrong: every request answers 503 (the reason
+    is logged, not sent), so the functions are still indexed and the log says what to fix,
+    instead of an import error that leaves the app without any function."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        log.error("Berth is misconfigured and serves nothing: %s", reason)
+
+    async def handle(self, request: Request) -> Response:
+        error = RegistryError(UNAVAILABLE, "the registry is misconfigured; its log says what to fix")
+        return Response(json.dumps(error.body()).encode(), status_code=503, media_type="application/json",
+                        headers={"Retry-After": "300"})
+
+    async def _refuse(self) -> Any:
+        raise RuntimeError(f"Berth is misconfigured: {self.reason}")
+
+    purge_expired = collect_garbage = apply_retention = _refuse
+
+
+def application_from_environment() -> BerthApplication | MisconfiguredApplication:
+    """The application the Functions host serves, from the app settings."""
+    try:
+        return BerthApplication(load_settings())
+    except SettingsError as error:
+        return MisconfiguredApplication(str(error))
 
 
 class BerthApplication:

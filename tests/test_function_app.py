@@ -148,3 +148,25 @@ def test_token_flow_through_the_functions(function_module: Any, monkeypatch: pyt
             await module.berth.close()
 
     asyncio.run(scenario())
+
+
+def test_wrong_settings_keep_the_functions_and_answer_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Token auth without a signing key (the shipped parameters once did this): the functions are
+    still indexed, every request answers 503 with a generic message, the log names the setting."""
+    monkeypatch.setenv("BERTH_AUTH", "token")
+    monkeypatch.delenv("BERTH_TOKEN_SIGNING_KEY", raising=False)
+    sys.modules.pop("function_app", None)
+    module = importlib.import_module("function_app")
+    try:
+        names = {f.get_function_name() for f in module.app.get_functions()}
+        assert {"distribution_api", "token_service", "health", "collect_garbage", "apply_retention"} <= names
+        assert "BERTH_TOKEN_SIGNING_KEY" in module.berth.reason
+        for function, path in (("distribution_api", "/v2/"), ("health", "/health/ready")):
+            status, headers, body = asyncio.run(call(module, "GET", path, function=function))
+            error = json.loads(body)["errors"][0]
+            assert status == 503 and headers["retry-after"] == "300" and error["code"] == "UNAVAILABLE"
+            assert "misconfigured" in error["message"] and "SIGNING" not in error["message"]
+        with pytest.raises(RuntimeError, match="BERTH_TOKEN_SIGNING_KEY"):
+            asyncio.run(module.berth.collect_garbage())
+    finally:
+        sys.modules.pop("function_app", None)

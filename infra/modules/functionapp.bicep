@@ -25,6 +25,9 @@ param pythonVersion string
 param maximumInstanceCount int
 param instanceMemoryMB int
 
+@description('HTTP requests one instance takes at once before the platform adds instances.')
+param httpPerInstanceConcurrency int
+
 @description('Largest request body in bytes the platform lets through (a layer pushed in one request).')
 param requestBodySizeLimit int
 
@@ -105,6 +108,11 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'

@@ -1,0 +1,14 @@
+// Parameter combinations with which Berth cannot start, refused at deployment time (fail()).
+// A module of its own because checkov's Bicep parser predates fail(): tests/infra skips only
+// this file, which creates nothing.
+
+@description('The Key Vault holding the token-signing key, or empty.')
+param keyVaultName string
+
+@description('The token-signing key, or empty.')
+@secure()
+param tokenSigningKey string
+
+var signingKeyGiven = (empty(keyVaultName) && empty(tokenSigningKey)) ? fail('Give keyVaultName (a Key Vault holding the token-signing key, recommended) or tokenSigningKey (base64 of at least 32 random bytes): with BERTH_AUTH=token every instance must sign registry tokens with the same key.') : true
+
+output checked bool = signingKeyGiven
