@@ -9,8 +9,10 @@ the request, up to IMPORT_BUDGET_SECONDS (the platform cuts a response at 230 s)
 short answers 503 and leaves what it copied: sending the same request again goes on from there.
 
 The caller chooses the address Berth connects to, so every address (each redirect's, the token
-realm's, each name's resolution) is vetted: loopback, private and link-local ones are refused
-unless BERTH_IMPORT_PRIVATE_HOSTS names the host.
+realm's, each name's resolution) is vetted by GuardedConnector: loopback, private and
+link-local ones are refused unless BERTH_IMPORT_PRIVATE_HOSTS names the host. Blobs another
+repository holds are linked without a fetch only for a caller who may read everything (an
+admin); anyone else's import fetches them, so the digest check proves they had the bytes.
 """
 
 from __future__ import annotations
@@ -33,14 +35,7 @@ from registry.oci.errors import (
 )
 from registry.oci.names import validate_tag
 from registry.ops.importer import Importer, parse_platform
-from registry.ops.upstream import (
-    GuardedResolver,
-    UpstreamClient,
-    UpstreamError,
-    UpstreamForbidden,
-    parse_source,
-    public_only,
-)
+from registry.ops.upstream import GuardedConnector, UpstreamClient, UpstreamError, UpstreamForbidden, parse_source
 from registry.storage.errors import unavailable
 
 MAX_BODY = 16 * 1024
@@ -94,16 +89,18 @@ async def import_image(request: Request, ctx: Context, name: str) -> Response:
         platform = parse_platform(document["platform"]) if document.get("platform") else None
     except (ValueError, TypeError) as error:
         raise _invalid(str(error)) from None
-    guard = public_only(ctx.settings.import_private_hosts)
-    connector = aiohttp.TCPConnector(resolver=GuardedResolver(ctx.settings.import_private_hosts))
+    connector = GuardedConnector(ctx.settings.import_private_hosts)
     timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=60)
+    grant = getattr(request.state, "grant", None)
     try:
         async with asyncio.timeout(IMPORT_BUDGET_SECONDS), \
                 aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session:
-            client = UpstreamClient(session, (username, password) if username and password else None, guard,
+            client = UpstreamClient(session, (username, password) if username and password else None,
                                     ctx.settings.max_manifest_bytes)
-            report = await Importer(ctx.store, client).run(source, name, tags, mode == "Force", platform,
-                                                           bool(document.get("includeReferrers")))
+            # Blobs of other repositories are linked only for a caller who may read them all.
+            importer = Importer(ctx.store, client, link_from_anywhere=grant is None or grant.everything)
+            report = await importer.run(source, name, tags, mode == "Force", platform,
+                                        bool(document.get("includeReferrers")))
     except TimeoutError:
         raise unavailable(f"the import took longer than {IMPORT_BUDGET_SECONDS} s; send it again to go on "
                           "from what was copied") from None

@@ -13,18 +13,21 @@ was cut short goes on where it stopped and costs upstream only what is missing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from registry.oci.digest import Digest, parse_digest
-from registry.oci.errors import IMPORT_CONFLICT, MANIFEST_UNKNOWN, RegistryError
+from registry.oci.errors import IMPORT_CONFLICT, MANIFEST_INVALID, MANIFEST_UNKNOWN, RegistryError
 from registry.oci.manifest import Descriptor, parse_manifest
-from registry.ops.upstream import SourceImage, UpstreamClient
+from registry.ops.upstream import SourceImage, UpstreamClient, UpstreamError
 from registry.storage.locks import check_write
 from registry.storage.registry_store import RegistryStore
 
 BLOBS_IN_FLIGHT = 4
 MAX_REFERRER_DEPTH = 3  # a signature of an SBOM of an image
+MAX_INDEX_DEPTH = 2  # an index of indexes, no deeper
+MAX_MANIFESTS = 2000  # per import: children, referrers and theirs
 OWNER = "import"  # the owner of the import's upload sessions
 
 # (event, digest, bytes done, bytes in all): "blob" while bytes stream, "present"/"mounted"
@@ -72,11 +75,17 @@ def parse_platform(text: str) -> dict[str, str]:
 
 
 class Importer:
-    def __init__(self, store: RegistryStore, client: UpstreamClient, progress: Progress = _quiet):
+    def __init__(self, store: RegistryStore, client: UpstreamClient, progress: Progress = _quiet,
+                 link_from_anywhere: bool = True):
+        """`link_from_anywhere`: a blob another repository holds is linked, not fetched. Only for
+        callers who may read every repository (the operator's command line, an admin): anyone
+        else could name a digest they cannot pull and have it linked where they can."""
         self._store = store
         self._client = client
         self._progress = progress
+        self._link_from_anywhere = link_from_anywhere
         self._gate = asyncio.Semaphore(BLOBS_IN_FLIGHT)
+        self._fetched = 0
 
     async def run(self, source: SourceImage, repository: str, tags: Sequence[str], force: bool = False,
                   platform: dict[str, str] | None = None, referrers: bool = False) -> ImportReport:
@@ -126,17 +135,26 @@ class Importer:
             raise
         return True
 
+    async def _fetch(self, source: SourceImage, digest: Digest) -> tuple[bytes, str, Digest]:
+        self._fetched += 1
+        if self._fetched > MAX_MANIFESTS:
+            raise RegistryError(MANIFEST_INVALID, f"{source} names more than {MAX_MANIFESTS} manifests")
+        return await self._client.manifest(source, str(digest))
+
     async def _copy(self, source: SourceImage, repository: str, body: bytes, media_type: str, digest: Digest,
-                    tags: Sequence[str], report: ImportReport, referrers: bool, depth: int) -> None:
+                    tags: Sequence[str], report: ImportReport, referrers: bool, depth: int,
+                    nesting: int = 0) -> None:
         manifest = parse_manifest(body, media_type)
+        if manifest.children and nesting >= MAX_INDEX_DEPTH:
+            raise RegistryError(MANIFEST_INVALID, f"{source} nests indexes more than {MAX_INDEX_DEPTH} deep")
         if not await self._present(repository, digest):
             for child in manifest.children:  # an index is stored once every child is
                 if await self._present(repository, child.digest):
                     continue
-                child_body, child_type, child_digest = await self._client.manifest(source, str(child.digest))
+                child_body, child_type, child_digest = await self._fetch(source, child.digest)
                 await self._copy(source, repository, child_body, child_type, child_digest, (), report, referrers,
-                                 depth)
-            await asyncio.gather(*(self._blob(source, repository, blob, report) for blob in manifest.blobs))
+                                 depth, nesting + 1)
+            await _all(self._blob(source, repository, blob, report) for blob in manifest.blobs)
         await self._store.put_manifest(repository, digest, body, manifest, tags)
         report.manifests += 1
         self._progress("manifest", str(digest), len(body), len(body))
@@ -146,7 +164,7 @@ class Importer:
                     referrer = parse_digest(str(descriptor["digest"]))
                 except (KeyError, RegistryError):
                     continue  # not a descriptor: nothing to copy
-                referrer_body, referrer_type, referrer = await self._client.manifest(source, str(referrer))
+                referrer_body, referrer_type, referrer = await self._fetch(source, referrer)
                 await self._copy(source, repository, referrer_body, referrer_type, referrer, (), report, True,
                                  depth + 1)
                 report.referrers += 1
@@ -160,7 +178,7 @@ class Importer:
                 return
             except RegistryError:
                 pass
-            if await self._store.blobs.mount_indexed(repository, blob.digest) is not None:
+            if self._link_from_anywhere and await self._store.blobs.mount_indexed(repository, blob.digest) is not None:
                 report.blobs_mounted += 1
                 self._progress("mounted", str(blob.digest), blob.size, blob.size)
                 return
@@ -173,8 +191,22 @@ class Importer:
 
     async def _counted(self, chunks: AsyncIterator[bytes], blob: Descriptor) -> AsyncIterator[bytes]:
         done = 0
-        async for chunk in chunks:
-            done += len(chunk)
-            self._progress("blob", str(blob.digest), done, blob.size)
-            yield chunk
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                done += len(chunk)
+                if done > blob.size:  # stop now: the upload would refuse it only at the end
+                    raise UpstreamError(502, f"upstream sent more than the {blob.size} bytes of blob {blob.digest}")
+                self._progress("blob", str(blob.digest), done, blob.size)
+                yield chunk
+
+
+async def _all(work: Iterable[Awaitable[None]]) -> None:
+    """Run concurrently; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(item) for item in work]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -9,8 +9,9 @@ what import reads from upstream.
   header goes only to the registry's own host.
 - Nothing upstream says is trusted: a manifest's bytes must hash to the digest asked for or
   announced (`Docker-Content-Digest`); a blob's bytes are hashed by the upload they stream into.
-- `guard`, when given, vets every address connected to (the HTTP import endpoint refuses
-  private and link-local addresses: see `public_only`).
+- The HTTP import endpoint's session connects through `GuardedConnector`, which vets every
+  address it would connect to, after the URL is parsed and the name resolved exactly as for the
+  connection (private, loopback, link-local and other non-global addresses are refused).
 """
 
 from __future__ import annotations
@@ -20,15 +21,13 @@ import base64
 import ipaddress
 import json
 import re
-import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver
 
 from registry.oci.convert import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from registry.oci.digest import Digest, digest_of, parse_digest
@@ -41,6 +40,9 @@ MAX_REDIRECTS = 5
 ATTEMPTS = 4
 MAX_WAIT_SECONDS = 30.0
 CHUNK = 1024 * 1024
+MAX_TOKEN_RESPONSE = 64 * 1024
+MAX_REFERRER_PAGES = 20
+MAX_REFERRERS = 1000
 _CHALLENGE_PARAMETER = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -94,11 +96,15 @@ def parse_source(text: str, registry: str | None = None) -> SourceImage:
             registry, text = first, rest
         else:
             registry = DOCKER_HUB
-    if registry in ("index.docker.io", "registry-1.docker.io"):
+    if registry in ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"):
         registry = DOCKER_HUB
+    if not registry.isascii():
+        raise ValueError(f"invalid registry {registry!r}")
     if "@" in text:
         name, _, reference = text.partition("@")
         parse_digest(reference)
+        if ":" in name.rpartition("/")[2]:  # name:tag@digest: the digest decides
+            name = name.rpartition(":")[0]
     else:
         name, colon, tag = text.rpartition(":")
         if not colon or "/" in tag:
@@ -123,58 +129,68 @@ def _retry_after(response: aiohttp.ClientResponse, attempt: int) -> float:
     return min(wait, MAX_WAIT_SECONDS)
 
 
-Guard = Callable[[str, int], None]  # (host, port): raises UpstreamError if not to be reached
+# Non-global ranges `is_global` misses or that embed an IPv4 address (NAT64, 6to4, the old
+# IPv4-compatible form, site-local), and Azure's platform endpoint (wireserver).
+_REFUSED_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96", "fec0::/10", "168.63.129.16/32"))
 
 
-def _private(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return not ip.is_global or ip.is_multicast
+def private_address(address: str) -> bool:
+    """Whether an address is one an import over HTTP must not reach: loopback, private,
+    link-local (the metadata endpoint), multicast, reserved, or embedding such an address."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast or any(ip in network for network in _REFUSED_NETWORKS
+                                                      if network.version == ip.version)
 
 
-def public_only(allowed: Sequence[str]) -> Guard:
-    """A guard for imports asked over HTTP: the host must not be or resolve to a loopback,
-    private, link-local or otherwise non-global address (the instance's own network, the
-    metadata endpoint), unless `allowed` names it (`host` or `host:port`). Resolved again on
-    connect by `GuardedResolver`, so a name cannot change its answer in between."""
-    def check(host: str, port: int) -> None:
-        if host in allowed or f"{host}:{port}" in allowed:
-            return
-        try:
-            if _private(host):
-                raise UpstreamForbidden(f"{host} is a private address; BERTH_IMPORT_PRIVATE_HOSTS may allow it")
-        except ValueError:
-            pass  # a name: its addresses are checked when they are resolved
+class GuardedConnector(aiohttp.TCPConnector):
+    """Connects only to global addresses, unless `allowed` names the host (`host` or
+    `host:port`). The check sits where aiohttp turns the parsed URL's host into the addresses it
+    connects to, so every spelling of an address (numeric, Unicode digits, names, redirects, the
+    token realm) meets it, and a name cannot answer differently for the check and the connect."""
 
-    return check
+    def __init__(self, allowed: Sequence[str], **kwargs: Any):
+        super().__init__(**kwargs)
+        self._allowed = frozenset(allowed)
 
-
-class GuardedResolver(AbstractResolver):
-    """Resolves names and refuses private answers unless the host is allowed."""
-
-    def __init__(self, allowed: Sequence[str]):
-        self._allowed = allowed
-        self._inner = aiohttp.ThreadedResolver()
-
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
-        answers = await self._inner.resolve(host, port, family)
+    async def _resolve_host(self, host: str, port: int, traces: Any = None) -> list[Any]:
+        answers = await super()._resolve_host(host, port, traces)
         if host in self._allowed or f"{host}:{port}" in self._allowed:
             return answers
         for answer in answers:
-            if _private(answer["host"]):
-                raise UpstreamForbidden(f"{host} resolves to a private address; BERTH_IMPORT_PRIVATE_HOSTS "
-                                        "may allow it")
+            if private_address(answer["host"]):
+                raise UpstreamForbidden(f"{host} is or resolves to a private address ({answer['host']}); "
+                                        "BERTH_IMPORT_PRIVATE_HOSTS may allow it")
         return answers
 
-    async def close(self) -> None:
-        await self._inner.close()
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The whole body, refusing more than `limit` bytes (a read returns what is buffered, not all)."""
+    body = bytearray()
+    try:
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > limit:
+                raise UpstreamError(413, f"{what} is larger than {limit} bytes")
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise UpstreamError(0, f"{what} was cut short: {error!r}") from None
+    return bytes(body)
+
+
+def _json(body: bytes, what: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise UpstreamError(502, f"{what} is not JSON") from None
 
 
 class UpstreamClient:
     def __init__(self, session: aiohttp.ClientSession, credentials: tuple[str, str] | None = None,
-                 guard: Guard | None = None, max_manifest_bytes: int = 4 * 1024 * 1024):
+                 max_manifest_bytes: int = 4 * 1024 * 1024):
         self._session = session
         self._credentials = credentials
-        self._guard = guard
         self._max_manifest_bytes = max_manifest_bytes
         self._authorization: dict[tuple[str, str], tuple[str, float]] = {}  # (host, repo) -> (header, until)
 
@@ -188,9 +204,7 @@ class UpstreamClient:
             if response.status == 404:
                 raise UpstreamError(404, f"{source.registry}/{source.repository}@{reference} was not found upstream")
             self._expect_ok(response, source, reference)
-            body = await response.content.read(self._max_manifest_bytes + 1)
-            if len(body) > self._max_manifest_bytes:
-                raise UpstreamError(413, f"the manifest of {source} is larger than {self._max_manifest_bytes} bytes")
+            body = await read_capped(response, self._max_manifest_bytes, f"the manifest {reference} of {source}")
             announced = response.headers.get("Docker-Content-Digest")
             media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         expected = parse_digest(reference) if ":" in reference else parse_digest(announced) if announced else None
@@ -208,23 +222,30 @@ class UpstreamClient:
             if response.status == 404:
                 raise UpstreamError(404, f"blob {digest} of {source} was not found upstream")
             self._expect_ok(response, source, str(digest))
-            async for chunk in response.content.iter_chunked(CHUNK):
-                yield chunk
+            try:
+                async for chunk in response.content.iter_chunked(CHUNK):
+                    yield chunk
+            except (aiohttp.ClientError, TimeoutError) as error:
+                raise UpstreamError(0, f"{source.registry} stopped sending blob {digest}: {error!r}") from None
 
     async def referrers(self, source: SourceImage, digest: Digest) -> list[dict[str, Any]]:
         """The referrers API's descriptors (every page); empty where upstream has no such API."""
         path: str | None = f"/v2/{source.repository}/referrers/{digest}"
         found: list[dict[str, Any]] = []
-        while path:
+        seen: set[str] = set()
+        while path and path not in seen and len(seen) < MAX_REFERRER_PAGES:
+            seen.add(path)
             async with self._request(source, "GET", path, {"Accept": OCI_INDEX}) as response:
                 if response.status in (404, 400, 405):
                     return found
-                self._expect_ok(response, source, f"referrers of {digest}")
-                document = json.loads(await response.content.read(self._max_manifest_bytes + 1))
+                what = f"the referrers of {digest} at {source.registry}"
+                self._expect_ok(response, source, what)
+                document = _json(await read_capped(response, self._max_manifest_bytes, what), what)
                 link = response.headers.get("Link", "")
-            found += [d for d in document.get("manifests", []) if isinstance(d, dict)]
+            manifests = document.get("manifests") if isinstance(document, dict) else None
+            found += [d for d in manifests or [] if isinstance(d, dict)][:MAX_REFERRERS - len(found)]
             match = re.match(r"\s*<([^>]+)>", link)
-            path = match.group(1) if match and 'rel="next"' in link else None
+            path = _path_of(match.group(1)) if match and 'rel="next"' in link else None
         return found
 
     @staticmethod
@@ -245,15 +266,16 @@ class UpstreamClient:
         """One request with auth, throttling and redirects handled; the caller releases it."""
         key = (source.api_host, source.repository)
         challenged = False
-        for attempt in range(ATTEMPTS + 1):
+        attempt = 0
+        while True:
             authorization = self._authorization.get(key)
-            if authorization is not None and authorization[1] < time.monotonic():
-                authorization = None
             sent = dict(headers)
-            if authorization is not None:
+            if authorization is not None and authorization[1] > time.monotonic():
                 sent["Authorization"] = authorization[0]
-            response = await self._follow(self._base(source) + path, method, sent, source.api_host)
-            if response.status == 401 and not challenged:
+            response = await self._follow(self._base(source) + path, method, sent, self._base(source))
+            # Only the registry's own challenge counts: a CDN it redirected to gets no credentials.
+            own = f"{response.url.scheme}://{response.url.host_port_subcomponent}" == self._base(source)
+            if response.status == 401 and own and not challenged:
                 challenged = True
                 header = response.headers.get("WWW-Authenticate", "")
                 response.release()
@@ -262,32 +284,34 @@ class UpstreamClient:
             if response.status in (429, 503) and attempt < ATTEMPTS:
                 wait = _retry_after(response, attempt)
                 response.release()
+                attempt += 1
                 await asyncio.sleep(wait)
                 continue
             return response
-        raise AssertionError("unreachable")
 
     async def _follow(self, url: str, method: str, headers: dict[str, str],
-                      registry_host: str) -> aiohttp.ClientResponse:
+                      registry: str) -> aiohttp.ClientResponse:
+        """Follow redirects by hand: credentials go only to `registry` (scheme and host)."""
         for _ in range(MAX_REDIRECTS + 1):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise UpstreamError(502, f"upstream redirected to {url[:200]!r}")
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            if self._guard is not None:
-                self._guard(parts.hostname, port)
-            sent = headers if parts.netloc == registry_host else {k: v for k, v in headers.items()
-                                                                  if k != "Authorization"}
+            try:
+                parts = urlsplit(url)
+                valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 1) > 0
+            except ValueError:  # a malformed host or port
+                valid = False
+            if not valid:
+                raise UpstreamError(502, f"{registry} led to an address Berth will not use: {url[:200]!r}")
+            same = f"{parts.scheme}://{parts.netloc}" == registry
+            sent = headers if same else {k: v for k, v in headers.items() if k != "Authorization"}
             try:
                 response = await self._session.request(method, url, headers=sent, allow_redirects=False)
-            except aiohttp.ClientError as error:
-                raise UpstreamError(0, f"{parts.netloc} did not answer: {error}") from None
+            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+                raise UpstreamError(0, f"{parts.netloc} did not answer: {error!r}") from None
             if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
                 url = urljoin(url, response.headers["Location"])
                 response.release()
                 continue
             return response
-        raise UpstreamError(502, f"more than {MAX_REDIRECTS} redirects from {registry_host}")
+        raise UpstreamError(502, f"more than {MAX_REDIRECTS} redirects from {registry}")
 
     async def _authorize(self, source: SourceImage, header: str) -> tuple[str, float]:
         scheme, parameters = _challenge(header)
@@ -307,18 +331,19 @@ class UpstreamClient:
         realm_parts = urlsplit(realm)
         if realm_parts.scheme != "https" and not (realm_parts.scheme == "http" and source.scheme == "http"):
             raise UpstreamError(502, f"{source.registry} names a token service that is not https: {realm[:200]}")
-        if self._guard is not None and realm_parts.hostname:
-            self._guard(realm_parts.hostname, realm_parts.port or (443 if realm_parts.scheme == "https" else 80))
+        what = f"the token service of {source.registry}"
         try:
             async with self._session.get(realm, params=query, auth=auth, allow_redirects=False) as response:
                 if response.status in (401, 403):
-                    raise UpstreamError(401, f"the token service of {source.registry} refused the credentials")
+                    raise UpstreamError(401, f"{what} refused the credentials" if self._credentials else
+                                        f"{what} wants credentials (--username/--password)")
                 if response.status != 200:
-                    raise UpstreamError(response.status, f"the token service of {source.registry} answered HTTP "
-                                                         f"{response.status}")
-                document = await response.json(content_type=None)
-        except aiohttp.ClientError as error:
-            raise UpstreamError(0, f"the token service of {source.registry} did not answer: {error}") from None
+                    raise UpstreamError(response.status, f"{what} answered HTTP {response.status}")
+                document = _json(await read_capped(response, MAX_TOKEN_RESPONSE, what), what)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            raise UpstreamError(0, f"{what} did not answer: {error!r}") from None
+        if not isinstance(document, dict):
+            raise UpstreamError(502, f"{what} sent no token")
         token = document.get("token") or document.get("access_token")
         if not isinstance(token, str) or not token:
             raise UpstreamError(502, f"the token service of {source.registry} sent no token")
@@ -343,6 +368,12 @@ class _Exchange:
     async def __aexit__(self, *_: object) -> None:
         if self._response is not None:
             self._response.release()
+
+
+def _path_of(link: str) -> str:
+    """A next link's path and query: followed on the registry's own host, wherever it points."""
+    parts = urlsplit(link)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 def _declared_type(body: bytes) -> str | None:

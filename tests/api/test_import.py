@@ -5,6 +5,8 @@ realm, Basic credentials, the referrers API), and a small upstream that lies and
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -15,11 +17,14 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 
 from registry.azurite import PROJECT_ROOT, Azurite, free_port, stop_process, wait_until_serving
-from tests.auth.support import ADMIN_PASSWORD, ADMIN_USER, access_token, bearer
+from registry.ops.upstream import GuardedConnector, UpstreamForbidden
+from tests.auth.fake_entra import FakeEntra
+from tests.auth.support import ADMIN_PASSWORD, ADMIN_USER, access_token, auth_settings, bearer, create_scoped_token
 from tests.conftest import CONTAINER, TABLE_PREFIX, Server, require_tool, start_server, stop_server
 from tests.helpers import OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, descriptor, error_codes, sha256
 
@@ -192,9 +197,11 @@ class LyingUpstream(BaseHTTPRequestHandler):
     manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, config),
                            "layers": [descriptor(OCI_LAYER, layer)]}).encode()
     throttled = False
+    requested: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         cls = type(self)
+        cls.requested.append(self.path)
         if self.path == "/v2/":
             return self._send(200, b"{}", "application/json")
         if self.path.startswith("/v2/lies/manifests/"):
@@ -234,14 +241,71 @@ def liar() -> Iterator[str]:
 
 def test_an_upstream_that_lies_gets_nothing_stored(azurite: Azurite, liar: str, client: httpx.Client,
                                                    repo: str) -> None:
+    LyingUpstream.throttled, LyingUpstream.requested = False, []
+    # The first answer is a 429: the import waits as told, asks again, and then finds that the
+    # announced digest is not the body's.
     announced = berth_import(azurite, "--source", f"http://{liar}/lies:bad", "--image", f"{repo}:bad")
     assert announced.returncode == 1 and "nothing was stored" in announced.stderr, announced.stderr
-    # The first answer was a 429: the import waited as told, then found the layer's bytes wrong.
-    assert LyingUpstream.throttled
+    assert LyingUpstream.requested.count("/v2/lies/manifests/bad") == 2
+    # A manifest that checks out, whose layer's bytes do not: the upload refuses them.
     corrupt = berth_import(azurite, "--source", f"http://{liar}/lies:good", "--image", f"{repo}:good")
-    assert corrupt.returncode == 1 and "digest" in corrupt.stderr.lower(), corrupt.stderr
+    layer = sha256(LyingUpstream.layer)
+    assert corrupt.returncode == 1 and f"not {layer}" in corrupt.stderr, corrupt.stderr
+    assert f"/v2/lies/blobs/{layer}" in LyingUpstream.requested
     assert client.head(f"/v2/{repo}/manifests/good").status_code == 404
-    assert client.head(f"/v2/{repo}/blobs/{sha256(LyingUpstream.layer)}").status_code == 404
+    assert client.head(f"/v2/{repo}/blobs/{layer}").status_code == 404
+
+
+class BasicUpstream(BaseHTTPRequestHandler):
+    """A registry with Basic auth whose blobs are served by a "CDN" on another host name
+    (localhost instead of 127.0.0.1), which must never see the registry's credentials."""
+
+    credentials = "Basic " + base64.b64encode(b"puller:s3cret").decode()
+    layer = os.urandom(2000)
+    config = b'{"os":"linux","architecture":"arm64"}'
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, config),
+                           "layers": [descriptor(OCI_LAYER, layer)]}).encode()
+    seen: list[tuple[str, str | None]] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        cls = type(self)
+        cls.seen.append((self.path, self.headers.get("Authorization")))
+        port = self.server.server_address[1]
+        if self.path.startswith("/cdn/"):
+            blob = {sha256(self.config): self.config, sha256(self.layer): self.layer}[self.path[len("/cdn/"):]]
+            return LyingUpstream._send(self, 200, blob, "application/octet-stream")  # type: ignore[arg-type]
+        if self.headers.get("Authorization") != self.credentials:
+            return LyingUpstream._send(self, 401, b"{}", "application/json",  # type: ignore[arg-type]
+                                       {"WWW-Authenticate": 'Basic realm="upstream"'})
+        if self.path == "/v2/private/app/manifests/1":
+            return LyingUpstream._send(self, 200, self.manifest, OCI_MANIFEST,  # type: ignore[arg-type]
+                                       {"Docker-Content-Digest": sha256(self.manifest)})
+        if self.path.startswith("/v2/private/app/blobs/"):
+            return LyingUpstream._send(self, 307, b"", "text/plain",  # type: ignore[arg-type]
+                                       {"Location": f"http://localhost:{port}/cdn/{self.path.rsplit('/', 1)[1]}"})
+        return LyingUpstream._send(self, 404, b"{}", "application/json")  # type: ignore[arg-type]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_basic_auth_and_a_cdn_that_never_sees_the_credentials(azurite: Azurite, client: httpx.Client,
+                                                               repo: str) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BasicUpstream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = f"http://127.0.0.1:{server.server_address[1]}/private/app:1"
+        done = berth_import(azurite, "--source", source, "--image", f"{repo}:1", "--username", "puller",
+                            "--password-stdin", stdin="s3cret\n")
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    cdn = [authorization for path, authorization in BasicUpstream.seen if path.startswith("/cdn/")]
+    assert len(cdn) == 2 and cdn == [None, None]
+    assert ("/v2/private/app/manifests/1", BasicUpstream.credentials) in BasicUpstream.seen
+    got = client.get(f"/v2/{repo}/blobs/{sha256(BasicUpstream.layer)}", follow_redirects=True)
+    assert got.status_code == 200 and got.content == BasicUpstream.layer
 
 
 @pytest.fixture(scope="module")
@@ -271,11 +335,77 @@ def test_the_http_endpoint(cncf: str, importing_server: Server, server: Server, 
         missing = http.post(f"/acr/v1/{repo}/_import",
                             json={**body, "source": {**body["source"], "sourceImage": "team/http:nope"}})
         assert missing.status_code == 404 and error_codes(missing) == ["MANIFEST_UNKNOWN"]
-    # A registry that was not told otherwise refuses private addresses, by number or by name.
+    # A registry that was not told otherwise refuses private addresses, however they are spelt.
     port = cncf.split(":")[1]
-    for registry in (f"http://{cncf}", f"http://localhost:{port}", "http://169.254.169.254"):
+    for registry in (f"http://{cncf}", f"http://localhost:{port}", "http://169.254.169.254",
+                     f"http://[::ffff:127.0.0.1]:{port}", f"http://[::1]:{port}", "http://168.63.129.16"):
         forbidden = httpx.post(f"{server.url}/acr/v1/{repo}/_import", timeout=60,
                                json={**body, "source": {"registryUri": registry, "sourceImage": "team/http:3.1"}})
         assert forbidden.status_code == 403 and error_codes(forbidden) == ["DENIED"], (registry, forbidden.text)
         assert "private address" in forbidden.json()["errors"][0]["message"]
 
+    unicode = httpx.post(f"{server.url}/acr/v1/{repo}/_import", timeout=60, json={
+        **body, "source": {"registryUri": f"http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{port}",
+                           "sourceImage": "team/http:3.1"}})  # full-width digits: not a registry name
+    assert unicode.status_code == 400 and error_codes(unicode) == ["UNSUPPORTED"]
+
+
+def test_the_guard_sees_every_spelling_of_an_address(cncf: str) -> None:
+    """Where a redirect or token realm names the host, the connector checks the address aiohttp
+    would connect to (Unicode digits are 127.0.0.1 to it), not the text."""
+    port = cncf.split(":")[1]
+
+    async def attempt(url: str) -> str:
+        async with aiohttp.ClientSession(connector=GuardedConnector([])) as session:
+            try:
+                async with session.get(url) as response:
+                    return f"connected: {response.status}"
+            except UpstreamForbidden as refused:
+                return refused.message
+
+    for url in (f"http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{port}/v2/", f"http://localhost:{port}/v2/",
+                f"http://[::ffff:7f00:1]:{port}/v2/", f"http://0x7f.0.0.1:{port}/v2/"):
+        outcome = asyncio.run(attempt(url))
+        assert "private address" in outcome or "canonical" in outcome, (url, outcome)
+    allowed = asyncio.run(_allowed_attempt(f"http://127.0.0.1:{port}/v2/"))
+    assert allowed == 200
+
+
+async def _allowed_attempt(url: str) -> int:
+    async with aiohttp.ClientSession(connector=GuardedConnector(["127.0.0.1"])) as session, session.get(url) as got:
+        return got.status
+
+
+@pytest.fixture(scope="module")
+def token_importing_server(azurite: Azurite, entra: FakeEntra,
+                           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    settings = auth_settings(azurite, entra, BERTH_IMPORT_PRIVATE_HOSTS="127.0.0.1")
+    instance = start_server(azurite, tmp_path_factory.mktemp("import-token"), **settings)
+    yield instance
+    stop_server(instance)
+
+
+def test_an_import_over_http_never_links_blobs_the_caller_cannot_read(
+        azurite: Azurite, cncf: str, token_importing_server: Server) -> None:
+    """The bytes are already in a repository the CI token cannot read: its import fetches them
+    from upstream (proving it has them) instead of linking the private copy."""
+    with httpx.Client(base_url=f"http://{cncf}", timeout=30) as upstream:
+        image = Pushed(upstream, "team/shared", "1")
+    body = {"source": {"registryUri": f"http://{cncf}", "sourceImage": "team/shared:1"}, "targetTags": ["1"]}
+    suffix = os.urandom(4).hex()
+    secret, mine = f"secret/{suffix}", f"ci/{suffix}"
+    admin = access_token(token_importing_server, ADMIN_USER, ADMIN_PASSWORD, f"repository:{secret}:pull,push")
+    first = httpx.post(f"{token_importing_server.url}/acr/v1/{secret}/_import", json=body, headers=bearer(admin),
+                       timeout=120)
+    assert first.status_code == 200 and first.json()["blobsCopied"] == 4, first.text
+    password = create_scoped_token(azurite, f"ci-{suffix}", f"{mine}=content/read,content/write")
+    token = access_token(token_importing_server, f"ci-{suffix}", password, f"repository:{mine}:pull,push")
+    refused = httpx.post(f"{token_importing_server.url}/acr/v1/{secret}/_import", json=body, headers=bearer(token),
+                         timeout=60)
+    assert refused.status_code == 401  # no push on the private repository
+    answer = httpx.post(f"{token_importing_server.url}/acr/v1/{mine}/_import", json=body, headers=bearer(token),
+                        timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["blobsMounted"] == 0 and answer.json()["blobsCopied"] == 4
+    with httpx.Client(base_url=token_importing_server.url, timeout=30, headers=bearer(token)) as http:
+        image.pulls_from(http, mine, "1")
