@@ -251,6 +251,7 @@ def import_command(args: argparse.Namespace) -> int:
     from registry.oci.errors import RegistryError
     from registry.oci.names import validate_name, validate_tag
     from registry.ops.importer import Importer, ImportReport, parse_platform
+    from registry.ops.secrets import SecretReader, SecretUnavailable, key_vault_credential, login_with_set
     from registry.ops.upstream import UpstreamClient, UpstreamError, parse_source
 
     try:
@@ -266,6 +267,9 @@ def import_command(args: argparse.Namespace) -> int:
         return 2
     if bool(args.username) != bool(args.password or args.password_stdin):
         print("berth: give --username with --password or --password-stdin, or neither", file=sys.stderr)
+        return 2
+    if args.credential_set and args.username:
+        print("berth: give --credential-set or --username, not both", file=sys.stderr)
         return 2
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else args.password
     credentials = (args.username, password) if args.username else None
@@ -285,22 +289,81 @@ def import_command(args: argparse.Namespace) -> int:
     async def work(ctx: Context) -> int:
         timeout = aiohttp.ClientTimeout(sock_connect=30, sock_read=300)
         async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as session:
-            client = UpstreamClient(session, credentials, max_manifest_bytes=ctx.settings.max_manifest_bytes)
+            login = credentials
+            sets = ctx.store.credential_sets
+            try:
+                if args.credential_set:
+                    reader = SecretReader(session, key_vault_credential(ctx.settings.managed_identity_client_id))
+                    login = await login_with_set(sets, reader, args.credential_set, source)
+            except (SecretUnavailable, RegistryError) as error:
+                print(f"berth: {getattr(error, 'message', error)}", file=sys.stderr)
+                return 1
+            client = UpstreamClient(session, login, max_manifest_bytes=ctx.settings.max_manifest_bytes)
             importer = Importer(ctx.store, client, progress)
             for repository, tags in targets.items():
                 try:
                     report: ImportReport = await importer.run(source, repository, tags, args.force, platform,
                                                               args.include_referrers)
-                except UpstreamError as error:
-                    print(f"berth: import failed: {error.message}", file=sys.stderr)
-                    return 1
-                except RegistryError as error:
+                except (UpstreamError, RegistryError) as error:
+                    if args.credential_set and isinstance(error, UpstreamError) and error.status in (401, 403):
+                        await sets.record(args.credential_set, error.message)
                     print(f"berth: import failed: {error.message}", file=sys.stderr)
                     return 1
                 print(f"berth: {report.summary()}")
+            if args.credential_set:
+                await sets.record(args.credential_set, None)
         return 0
 
     return with_store(work)
+
+
+def credential_set_command(args: argparse.Namespace) -> int:
+    """`credential-set create|list|show|delete`: logins of upstream registries, as references."""
+    from registry.oci.errors import RegistryError
+    from registry.ops.upstream import registry_host
+
+    async def work(ctx: Context) -> int:
+        sets = ctx.store.credential_sets
+        try:
+            if args.action == "create":
+                created = await sets.create(args.name, registry_host(args.login_server), args.username,
+                                            args.password)
+                print(json.dumps(created.document(), indent=2))
+            elif args.action == "list":
+                print(json.dumps([item.document() for item in await sets.list()], indent=2))
+            elif args.action == "show":
+                print(json.dumps((await sets.get(args.name)).document(), indent=2))
+            else:
+                await sets.delete(args.name)
+                print(f"berth: credential set {args.name} deleted")
+        except ValueError as error:
+            print(f"berth: {error}", file=sys.stderr)
+            return 2
+        except RegistryError as error:
+            print(f"berth: {error.message}", file=sys.stderr)
+            return 1
+        return 0
+
+    return with_store(work)
+
+
+def _credential_set_parser(commands: Any) -> None:
+    parser = commands.add_parser("credential-set", help="logins of upstream registries, kept as references "
+                                                        "(az acr credential-set)")
+    actions = parser.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="a login for one upstream registry")
+    create.add_argument("name")
+    create.add_argument("--login-server", "-l", required=True, help="the registry it is for, e.g. docker.io")
+    create.add_argument("--username", "-u", required=True,
+                        help="the user name, or a reference to it (env:NAME, file:/path, keyvault:https://...)")
+    create.add_argument("--password", "-p", required=True,
+                        help="a reference to the password or token: env:NAME, file:/path or "
+                             "keyvault:https://<vault>.vault.azure.net/secrets/<name> (never the secret itself)")
+    actions.add_parser("list", help="every set, with its health (last success and failure)")
+    show = actions.add_parser("show", help="one set")
+    show.add_argument("name")
+    delete = actions.add_parser("delete", help="forget a set")
+    delete.add_argument("name")
 
 
 def _import_parser(commands: Any) -> None:
@@ -314,6 +377,7 @@ def _import_parser(commands: Any) -> None:
     parser.add_argument("--registry", help="the source registry, when --source names only repository and tag")
     parser.add_argument("--image", "-t", action="append",
                         help="target repository:tag (repeatable; default: the source's repository and tag)")
+    parser.add_argument("--credential-set", help="log in with this credential set (see credential-set)")
     parser.add_argument("--username", "-u", help="for the source registry")
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument("--password", "-p", help="for the source registry (prefer --password-stdin)")
@@ -587,13 +651,14 @@ def main(argv: list[str] | None = None) -> int:
     _metadata_parsers(commands)
     _retention_parsers(commands)
     _import_parser(commands)
+    _credential_set_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every storage call at INFO
     handlers = {"serve": serve, "purge-uploads": purge_uploads, "tokens": tokens_command, "roles": roles_command,
                 "gc": collect_garbage, "repo": metadata_command, "tags": metadata_command,
                 "manifests": metadata_command, "retention": retention_command,
-                "import": import_command}
+                "import": import_command, "credential-set": credential_set_command}
     return handlers[args.command](args)
 
 

@@ -35,6 +35,7 @@ from registry.oci.errors import (
 )
 from registry.oci.names import validate_tag
 from registry.ops.importer import Importer, parse_platform
+from registry.ops.secrets import SecretReader, SecretUnavailable, key_vault_credential, login_with_set
 from registry.ops.upstream import GuardedConnector, UpstreamClient, UpstreamError, UpstreamForbidden, parse_source
 from registry.storage.errors import unavailable
 
@@ -71,6 +72,9 @@ async def import_image(request: Request, ctx: Context, name: str) -> Response:
     password = _text(credentials_document, "password")
     if bool(username) != bool(password):
         raise _invalid("source.credentials needs both username and password")
+    credential_set = _text(source_document, "credentialSet")
+    if credential_set and username:
+        raise _invalid("give source.credentials or source.credentialSet, not both")
     mode = document.get("mode", "NoForce")
     if mode not in ("NoForce", "Force"):
         raise _invalid("mode must be NoForce or Force")
@@ -95,19 +99,28 @@ async def import_image(request: Request, ctx: Context, name: str) -> Response:
     try:
         async with asyncio.timeout(IMPORT_BUDGET_SECONDS), \
                 aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session:
-            client = UpstreamClient(session, (username, password) if username and password else None,
-                                    ctx.settings.max_manifest_bytes)
+            login = (username, password) if username and password else None
+            if credential_set:
+                reader = SecretReader(session, key_vault_credential(ctx.settings.managed_identity_client_id))
+                login = await login_with_set(ctx.store.credential_sets, reader, credential_set, source)
+            client = UpstreamClient(session, login, ctx.settings.max_manifest_bytes)
             # Blobs of other repositories are linked only for a caller who may read them all.
             importer = Importer(ctx.store, client, link_from_anywhere=grant is None or grant.everything)
             report = await importer.run(source, name, tags, mode == "Force", platform,
                                         bool(document.get("includeReferrers")))
+    except SecretUnavailable as error:
+        raise RegistryError(UPSTREAM_FAILED, f"credential set {credential_set}: {error}") from None
     except TimeoutError:
         raise unavailable(f"the import took longer than {IMPORT_BUDGET_SECONDS} s; send it again to go on "
                           "from what was copied") from None
     except UpstreamForbidden as error:
         raise RegistryError(UPSTREAM_FORBIDDEN, error.message) from None
     except UpstreamError as error:
+        if credential_set and error.status in (401, 403):
+            await ctx.store.credential_sets.record(credential_set, error.message)
         if error.status == 404:
             raise RegistryError(MANIFEST_UNKNOWN, error.message) from None
         raise RegistryError(UPSTREAM_FAILED, error.message) from None
+    if credential_set:
+        await ctx.store.credential_sets.record(credential_set, None)
     return json_response(report.document())

@@ -118,6 +118,20 @@ def parse_source(text: str, registry: str | None = None) -> SourceImage:
     return SourceImage(scheme, registry, validate_name(name), reference)
 
 
+_HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])"
+                   r"(?::[0-9]{1,5})?")
+
+
+def registry_host(text: str) -> str:
+    """A registry's host as import names it (`docker.io` for Docker Hub's aliases)."""
+    host = text.strip().lower().removeprefix("https://").removeprefix("http://").rstrip("/")
+    if host in ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"):
+        return DOCKER_HUB
+    if not _HOST.fullmatch(host) or not ("." in host or ":" in host or host == "localhost"):
+        raise ValueError(f"{text!r} is not a registry host (such as docker.io, ghcr.io or host:port)")
+    return host
+
+
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, rest = header.strip().partition(" ")
     return scheme.lower(), dict(_CHALLENGE_PARAMETER.findall(rest))

@@ -23,6 +23,7 @@ from registry.storage.attributes import AttributeStore
 from registry.storage.blobs import BlobInfo, BlobStore, IndexEntry
 from registry.storage.clients import StorageClients
 from registry.storage.content import ContentStore
+from registry.storage.credential_sets import CredentialSets
 from registry.storage.errors import unavailable
 from registry.storage.gc import GarbageCollector
 from registry.storage.locks import Locks, RepositoryLocks, check_delete, locks_of
@@ -74,6 +75,7 @@ class RegistryStore:
         self.renditions = RenditionStore(self.metadata, self.manifests)
         self.attributes = AttributeStore(self.content, self.metadata, self.blobs, self.manifests)
         self.collector = GarbageCollector(self.content, self.metadata)
+        self.credential_sets = CredentialSets(self.metadata)
         self.retention = Retention(self.metadata, self.manifests,
                                    RetentionPolicies(self.metadata, settings.retention_days),
                                    self.delete_manifest, self.renditions.forget,

@@ -108,11 +108,16 @@ class Pushed:
             assert got.status_code == 200 and got.content == blob
 
 
-def berth_import(azurite: Azurite, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def berth_import(azurite: Azurite, *args: str, stdin: str | None = None,
+                 command: str = "import") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
-           "BERTH_BLOB_CONTAINER": CONTAINER, "BERTH_TABLE_PREFIX": TABLE_PREFIX}
-    return subprocess.run([sys.executable, "-m", "registry", "import", *args], cwd=PROJECT_ROOT, env=env,
+           "BERTH_BLOB_CONTAINER": CONTAINER, "BERTH_TABLE_PREFIX": TABLE_PREFIX, "UPSTREAM_PULL_PASSWORD": "s3cret"}
+    return subprocess.run([sys.executable, "-m", "registry", command, *args], cwd=PROJECT_ROOT, env=env,
                           input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def credential_set(azurite: Azurite, *args: str) -> subprocess.CompletedProcess[str]:
+    return berth_import(azurite, *args, command="credential-set")
 
 
 def test_every_platform_from_the_cncf_registry_and_again_for_nothing(
@@ -290,17 +295,11 @@ class BasicUpstream(BaseHTTPRequestHandler):
 
 
 def test_basic_auth_and_a_cdn_that_never_sees_the_credentials(azurite: Azurite, client: httpx.Client,
-                                                               repo: str) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BasicUpstream)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        source = f"http://127.0.0.1:{server.server_address[1]}/private/app:1"
-        done = berth_import(azurite, "--source", source, "--image", f"{repo}:1", "--username", "puller",
-                            "--password-stdin", stdin="s3cret\n")
-        assert done.returncode == 0, done.stderr
-    finally:
-        server.shutdown()
-        server.server_close()
+                                                               basic_upstream: str, repo: str) -> None:
+    BasicUpstream.seen = []
+    done = berth_import(azurite, "--source", f"http://{basic_upstream}/private/app:1", "--image", f"{repo}:1",
+                        "--username", "puller", "--password-stdin", stdin="s3cret\n")
+    assert done.returncode == 0, done.stderr
     cdn = [authorization for path, authorization in BasicUpstream.seen if path.startswith("/cdn/")]
     assert len(cdn) == 2 and cdn == [None, None]
     assert ("/v2/private/app/manifests/1", BasicUpstream.credentials) in BasicUpstream.seen
@@ -311,7 +310,8 @@ def test_basic_auth_and_a_cdn_that_never_sees_the_credentials(azurite: Azurite, 
 @pytest.fixture(scope="module")
 def importing_server(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A Berth whose import endpoint may reach 127.0.0.1 (the upstreams of these tests)."""
-    instance = start_server(azurite, tmp_path_factory.mktemp("import"), BERTH_IMPORT_PRIVATE_HOSTS="127.0.0.1")
+    instance = start_server(azurite, tmp_path_factory.mktemp("import"), BERTH_IMPORT_PRIVATE_HOSTS="127.0.0.1",
+                            UPSTREAM_PULL_PASSWORD="s3cret")  # a credential set refers to it
     yield instance
     stop_server(instance)
 
@@ -409,3 +409,59 @@ def test_an_import_over_http_never_links_blobs_the_caller_cannot_read(
     assert answer.json()["blobsMounted"] == 0 and answer.json()["blobsCopied"] == 4
     with httpx.Client(base_url=token_importing_server.url, timeout=30, headers=bearer(token)) as http:
         image.pulls_from(http, mine, "1")
+
+
+@pytest.fixture
+def basic_upstream() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BasicUpstream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_credential_sets_keep_references_and_their_health(
+        azurite: Azurite, basic_upstream: str, importing_server: Server, client: httpx.Client, repo: str,
+        tmp_path: Path) -> None:
+    name = f"up-{os.urandom(3).hex()}"
+    plain = credential_set(azurite, "create", f"{name}-x", "-l", basic_upstream, "-u", "puller", "-p", "s3cret")
+    assert plain.returncode == 2 and "reference" in plain.stderr  # a secret itself is never stored
+    made = credential_set(azurite, "create", name, "-l", basic_upstream, "-u", "puller",
+                          "-p", "env:UPSTREAM_PULL_PASSWORD")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["password"] == "env:UPSTREAM_PULL_PASSWORD" and "s3cret" not in made.stdout
+    assert json.loads(made.stdout)["health"] == "unknown"
+
+    done = berth_import(azurite, "--source", f"http://{basic_upstream}/private/app:1", "--image", f"{repo}:1",
+                        "--credential-set", name)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(credential_set(azurite, "show", name).stdout)
+    assert shown["health"] == "healthy" and shown["lastSuccess"] and shown["failure"] is None
+    # Over HTTP: the pipeline names the set; the secret stays with the registry.
+    answer = httpx.post(f"{importing_server.url}/acr/v1/{repo}/_import", timeout=120, json={
+        "source": {"registryUri": f"http://{basic_upstream}", "sourceImage": "private/app:1",
+                   "credentialSet": name}, "targetTags": ["2"]})
+    assert answer.status_code == 200, answer.text
+    assert client.get(f"/v2/{repo}/manifests/2").headers["Docker-Content-Digest"] == sha256(BasicUpstream.manifest)
+
+    # A set is sent only to the registry it names, whoever asks.
+    elsewhere = berth_import(azurite, "--source", f"http://localhost:{basic_upstream.split(':')[1]}/private/app:1",
+                             "--image", f"{repo}:3", "--credential-set", name)
+    assert elsewhere.returncode == 1 and "is for" in elsewhere.stderr
+    # A wrong secret: the import fails and the set shows why.
+    wrong = tmp_path / "password"
+    wrong.write_text("not-it\n")
+    stale = f"{name}-stale"
+    assert credential_set(azurite, "create", stale, "-l", basic_upstream, "-u", "puller",
+                          "-p", f"file:{wrong}").returncode == 0
+    failed = berth_import(azurite, "--source", f"http://{basic_upstream}/private/app:1", "--image", f"{repo}:4",
+                          "--credential-set", stale)
+    assert failed.returncode == 1
+    listed = {item["name"]: item for item in json.loads(credential_set(azurite, "list").stdout)}
+    assert listed[stale]["health"] == "unhealthy" and "refused" in listed[stale]["failure"]
+    assert listed[name]["health"] == "healthy"
+    for gone in (name, stale):
+        assert credential_set(azurite, "delete", gone).returncode == 0
+    assert credential_set(azurite, "show", name).returncode == 1

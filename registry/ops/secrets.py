@@ -1,0 +1,112 @@
+"""Reads the secrets credential sets refer to: `env:NAME` (an app setting), `file:/path` (local
+development), `keyvault:https://<vault>.vault.azure.net/secrets/<name>[/<version>]` (read with
+the app's managed identity, which needs Key Vault Secrets User on the secret).
+
+Key Vault references go only to Key Vault's own hosts: the identity's token is never sent to an
+address a credential set's author chose.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from registry.ops.upstream import SourceImage, registry_host
+from registry.storage.credential_sets import CredentialSet, CredentialSets
+
+VAULT_SUFFIXES = (".vault.azure.net", ".vault.azure.cn", ".vault.usgovcloudapi.net")
+VAULT_SCOPE = "https://vault.azure.net/.default"
+MAX_SECRET = 16 * 1024
+
+
+class SecretUnavailable(Exception):
+    """A reference that cannot be read; the message names the reference, never a value."""
+
+
+CredentialFactory = Callable[[], Awaitable[Any]]  # an azure.identity.aio credential
+
+
+class SecretReader:
+    def __init__(self, session: aiohttp.ClientSession, credential: CredentialFactory | None = None):
+        self._session = session
+        self._credential = credential
+
+    async def login(self, credential_set: CredentialSet) -> tuple[str, str]:
+        """The user name and password a set refers to."""
+        username = credential_set.username
+        if username.startswith(("env:", "file:", "keyvault:")):
+            username = await self.read(username)
+        return username, await self.read(credential_set.password)
+
+    async def read(self, reference: str) -> str:
+        kind, _, where = reference.partition(":")
+        if kind == "env":
+            value = os.environ.get(where)
+            if not value:
+                raise SecretUnavailable(f"the environment variable {where} is not set")
+            return value
+        if kind == "file":
+            try:
+                return Path(where).read_text()[:MAX_SECRET].rstrip("\n")
+            except OSError as error:
+                raise SecretUnavailable(f"{where} cannot be read: {error.strerror}") from None
+        if kind == "keyvault":
+            return await self._key_vault(where)
+        raise SecretUnavailable(f"{reference[:80]!r} is not a reference Berth reads")
+
+    async def _key_vault(self, uri: str) -> str:
+        parts = urlsplit(uri)
+        if parts.scheme != "https" or not (parts.hostname or "").endswith(VAULT_SUFFIXES) \
+                or not parts.path.startswith("/secrets/"):
+            raise SecretUnavailable(f"{uri[:200]} is not a Key Vault secret URI")
+        if self._credential is None:
+            raise SecretUnavailable("Key Vault references need a managed identity (BERTH_STORAGE_ACCOUNT)")
+        credential = await self._credential()
+        token = await credential.get_token(VAULT_SCOPE)
+        try:
+            async with self._session.get(uri, params={"api-version": "7.4"}, allow_redirects=False,
+                                         headers={"Authorization": f"Bearer {token.token}"}) as response:
+                if response.status != 200:
+                    raise SecretUnavailable(f"Key Vault answered HTTP {response.status} for {uri[:200]}")
+                document = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            raise SecretUnavailable(f"Key Vault did not answer for {uri[:200]}: {type(error).__name__}") from None
+        value = document.get("value") if isinstance(document, dict) else None
+        if not isinstance(value, str) or not value:
+            raise SecretUnavailable(f"{uri[:200]} holds no value")
+        return value
+
+
+def key_vault_credential(managed_identity_client_id: str | None) -> CredentialFactory:
+    """The app's identity for Key Vault, made on first use (and kept)."""
+    made: list[Any] = []
+
+    async def credential() -> Any:
+        if not made:
+            from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+            made.append(ManagedIdentityCredential(client_id=managed_identity_client_id)
+                        if managed_identity_client_id else DefaultAzureCredential())
+        return made[0]
+
+    return credential
+
+
+async def login_with_set(sets: CredentialSets, reader: SecretReader, name: str,
+                         source: SourceImage) -> tuple[str, str]:
+    """The login a credential set holds for `source`'s registry: a set is used only for the
+    registry it names, whoever asks. A secret that cannot be read marks the set unhealthy."""
+    credential_set = await sets.get(name)
+    if registry_host(credential_set.login_server) != registry_host(source.registry):
+        raise SecretUnavailable(f"credential set {name} is for {credential_set.login_server}, "
+                                f"not {source.registry}")
+    try:
+        return await reader.login(credential_set)
+    except SecretUnavailable as error:
+        await sets.record(name, str(error))
+        raise
