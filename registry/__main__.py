@@ -347,6 +347,54 @@ def credential_set_command(args: argparse.Namespace) -> int:
     return with_store(work)
 
 
+def cache_command(args: argparse.Namespace) -> int:
+    """`cache create|list|show|delete`: cache rules of the pull-through cache (az acr cache)."""
+    from registry.oci.errors import RegistryError
+
+    async def work(ctx: Context) -> int:
+        rules = ctx.store.cache_rules
+        try:
+            if args.action == "create":
+                if args.credential_set:
+                    await ctx.store.credential_sets.get(args.credential_set)
+                made = await rules.create(args.name, args.source_repo, args.target_repo, args.credential_set)
+                print(json.dumps(made.document(), indent=2))
+            elif args.action == "list":
+                print(json.dumps([rule.document() for rule in await rules.list()], indent=2))
+            elif args.action == "show":
+                print(json.dumps((await rules.get(args.name)).document(), indent=2))
+            else:
+                await rules.delete(args.name)
+                print(f"berth: cache rule {args.name} deleted (what it cached stays, as pushed images do)")
+        except ValueError as error:
+            print(f"berth: {error}", file=sys.stderr)
+            return 2
+        except RegistryError as error:
+            print(f"berth: {error.message}", file=sys.stderr)
+            return 1
+        return 0
+
+    return with_store(work)
+
+
+def _cache_parser(commands: Any) -> None:
+    parser = commands.add_parser("cache", help="pull-through cache rules (az acr cache)")
+    actions = parser.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="mirror an upstream repository (or all under a prefix)")
+    create.add_argument("name")
+    create.add_argument("--source-repo", "-s", required=True,
+                        help="upstream registry/repository, or registry/prefix/* (http://host:port/... for a "
+                             "registry without TLS), e.g. docker.io/library/*")
+    create.add_argument("--target-repo", "-t", required=True,
+                        help="repository here, or prefix/* (the * stands for the same path), e.g. library/*")
+    create.add_argument("--credential-set", "-c", help="log in upstream with this credential set")
+    actions.add_parser("list", help="every rule")
+    show = actions.add_parser("show", help="one rule")
+    show.add_argument("name")
+    delete = actions.add_parser("delete", help="remove a rule")
+    delete.add_argument("name")
+
+
 def _credential_set_parser(commands: Any) -> None:
     parser = commands.add_parser("credential-set", help="logins of upstream registries, kept as references "
                                                         "(az acr credential-set)")
@@ -652,13 +700,15 @@ def main(argv: list[str] | None = None) -> int:
     _retention_parsers(commands)
     _import_parser(commands)
     _credential_set_parser(commands)
+    _cache_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every storage call at INFO
     handlers = {"serve": serve, "purge-uploads": purge_uploads, "tokens": tokens_command, "roles": roles_command,
                 "gc": collect_garbage, "repo": metadata_command, "tags": metadata_command,
                 "manifests": metadata_command, "retention": retention_command,
-                "import": import_command, "credential-set": credential_set_command}
+                "import": import_command, "credential-set": credential_set_command,
+                "cache": cache_command}
     return handlers[args.command](args)
 
 

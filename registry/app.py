@@ -23,6 +23,7 @@ from registry.auth.entra import EntraValidator
 from registry.auth.service import TokenService
 from registry.auth.tokens import TokenIssuer
 from registry.oci.errors import UNAVAILABLE, RegistryError
+from registry.ops.pullthrough import PullThrough
 from registry.settings import Settings, SettingsError, load_settings
 from registry.storage.access_store import AccessStore
 from registry.storage.clients import StorageClients, create_clients
@@ -86,6 +87,7 @@ class BerthApplication:
         self.api = RegistryApi(self.context, authorizer)
         self._context: Context | None = None
         self._clients: StorageClients | None = None
+        self._pullthrough: PullThrough | None = None
         self._lock = asyncio.Lock()
 
     async def context(self) -> Context:
@@ -102,7 +104,8 @@ class BerthApplication:
                     if self._issuer is not None:
                         tokens = TokenService(self.settings, self._issuer, access, entra_validator(self.settings))
                     self._clients = clients
-                    self._context = Context(store, self.settings, access, tokens)
+                    self._pullthrough = PullThrough(store, self.settings)
+                    self._context = Context(store, self.settings, access, tokens, self._pullthrough)
         return self._context
 
     async def handle(self, request: Request) -> Response:
@@ -127,6 +130,8 @@ class BerthApplication:
         return await context.store.retention.run()
 
     async def close(self) -> None:
+        if self._pullthrough is not None:
+            await self._pullthrough.close()
         if self._clients is not None:
             await self._clients.close()
         self._clients = None

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from registry.api.http import Context, empty_response, parse_range, storage_serves_range
-from registry.oci.digest import parse_digest
+from registry.oci.digest import Digest, parse_digest
 from registry.oci.errors import BLOB_UNKNOWN, RegistryError
 from registry.storage.locks import check_delete
 from registry.storage.registry_store import BlobInfo
@@ -21,12 +21,25 @@ async def _readable_blob(ctx: Context, name: str, digest: str) -> BlobInfo:
     parsed = parse_digest(digest)
     locks = ctx.store.locks.peek(name)  # the hot path: no task, no read
     if locks is None:
-        blob, locks = await asyncio.gather(ctx.store.blobs.stat(name, parsed), ctx.store.locks.fresh(name))
+        blob, locks = await asyncio.gather(_linked(ctx, name, parsed), ctx.store.locks.fresh(name))
     else:
-        blob = await ctx.store.blobs.stat(name, parsed)
+        blob = await _linked(ctx, name, parsed)
     if not locks.readEnabled:
         raise RegistryError(BLOB_UNKNOWN, f"blob {digest} is not in repository {name}")
     return blob
+
+
+async def _linked(ctx: Context, name: str, digest: Digest) -> BlobInfo:
+    """The blob's link; in a pull-through repository fetched from upstream when missing."""
+    try:
+        return await ctx.store.blobs.stat(name, digest)
+    except RegistryError as error:
+        if error.error is not BLOB_UNKNOWN or ctx.pullthrough is None:
+            raise
+        fetched = await ctx.pullthrough.blob(name, digest)
+        if fetched is None:
+            raise
+        return fetched
 
 
 async def head_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:

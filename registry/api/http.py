@@ -19,6 +19,7 @@ from registry.oci.errors import (
     SIZE_INVALID,
     RegistryError,
 )
+from registry.ops.pullthrough import PullThrough
 from registry.settings import Settings
 from registry.storage.access_store import AccessStore
 from registry.storage.registry_store import RegistryStore
@@ -34,6 +35,7 @@ class Context:
     settings: Settings
     access: AccessStore
     tokens: TokenService | None = None  # None when BERTH_AUTH=none
+    pullthrough: PullThrough | None = None  # the pull-through cache (None: never fetches upstream)
 
 
 def error_response(error: RegistryError, head: bool = False) -> Response:

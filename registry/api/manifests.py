@@ -64,10 +64,10 @@ async def _negotiate(request: Request, ctx: Context, name: str, reference: str, 
     parsed = lookup_reference(reference)
     repository_locks = ctx.store.locks.peek(name)  # the hot path: no task, no read
     if repository_locks is None:
-        stored, repository_locks = await asyncio.gather(ctx.store.manifests.get(name, parsed, with_body=with_body),
+        stored, repository_locks = await asyncio.gather(_stored(ctx, name, parsed, with_body),
                                                         ctx.store.locks.fresh(name))
     else:
-        stored = await ctx.store.manifests.get(name, parsed, with_body=with_body)
+        stored = await _stored(ctx, name, parsed, with_body)
     if not repository_locks.readEnabled:  # a read-disabled repository serves nothing
         raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} is not in repository {name}")
     docker_type = DOCKER_COUNTERPART.get(stored.media_type)
@@ -84,6 +84,23 @@ async def _negotiate(request: Request, ctx: Context, name: str, reference: str, 
             return rendition
         message += ", and it has no Docker schema 2 equivalent"
     raise RegistryError(MANIFEST_UNKNOWN, message)
+
+
+async def _stored(ctx: Context, name: str, reference: Digest | str, with_body: bool) -> StoredManifest:
+    """The stored manifest; in a pull-through repository (a cache rule covers it) fetched from
+    upstream when missing, and a tag asked upstream again once its TTL passed."""
+    try:
+        stored = await ctx.store.manifests.get(name, reference, with_body=with_body)
+    except RegistryError as error:
+        if error.error is not MANIFEST_UNKNOWN or ctx.pullthrough is None:
+            raise
+        fetched = await ctx.pullthrough.manifest(name, reference, with_body)
+        if fetched is None:
+            raise
+        return fetched
+    if stored.upstream_checked is not None and isinstance(reference, str) and ctx.pullthrough is not None:
+        return await ctx.pullthrough.refresh(name, reference, stored)
+    return stored
 
 
 def _renditions_enabled(ctx: Context, repository: str) -> bool:

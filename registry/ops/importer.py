@@ -169,6 +169,10 @@ class Importer:
                                  depth + 1)
                 report.referrers += 1
 
+    async def copy_blob(self, source: SourceImage, repository: str, blob: Descriptor, report: ImportReport) -> None:
+        """One blob into `repository`, unless it is there (or, if allowed, linked from another)."""
+        await self._blob(source, repository, blob, report)
+
     async def _blob(self, source: SourceImage, repository: str, blob: Descriptor, report: ImportReport) -> None:
         async with self._gate:
             try:

@@ -31,6 +31,7 @@ import aiohttp
 
 from registry.oci.convert import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from registry.oci.digest import Digest, digest_of, parse_digest
+from registry.oci.errors import RegistryError
 from registry.oci.names import validate_name, validate_tag
 
 DOCKER_HUB = "docker.io"
@@ -229,6 +230,32 @@ class UpstreamClient:
         if media_type not in MANIFEST_TYPES:
             media_type = _declared_type(body) or media_type
         return body, media_type, digest
+
+    async def head_manifest(self, source: SourceImage, reference: str) -> Digest:
+        """What a tag names upstream now, by HEAD (Docker Hub does not count it as a pull)."""
+        path = f"/v2/{source.repository}/manifests/{reference}"
+        async with self._request(source, "HEAD", path, {"Accept": ", ".join(MANIFEST_TYPES)}) as response:
+            if response.status == 404:
+                raise UpstreamError(404, f"{source} was not found upstream")
+            self._expect_ok(response, source, reference)
+            announced = response.headers.get("Docker-Content-Digest")
+        if announced:
+            try:
+                return parse_digest(announced)
+            except RegistryError:
+                pass
+        return (await self.manifest(source, reference))[2]  # no digest said: GET it and hash it
+
+    async def blob_size(self, source: SourceImage, digest: Digest) -> int:
+        """The blob's length as upstream announces it (HEAD; redirects followed)."""
+        async with self._request(source, "HEAD", f"/v2/{source.repository}/blobs/{digest}", {}) as response:
+            if response.status == 404:
+                raise UpstreamError(404, f"blob {digest} of {source} was not found upstream")
+            self._expect_ok(response, source, str(digest))
+            length = response.headers.get("Content-Length", "")
+        if not length.isdigit():
+            raise UpstreamError(502, f"{source.registry} did not say the length of blob {digest}")
+        return int(length)
 
     async def blob(self, source: SourceImage, digest: Digest) -> AsyncIterator[bytes]:
         """The blob's bytes as they arrive (the caller's upload verifies the digest)."""

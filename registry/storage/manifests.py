@@ -81,6 +81,7 @@ _CONFLICT_STATUS = (404, 409, 412)
 # push references: each write restarts the row's retention clock (its Timestamp).
 UNTAGGED = "untagged"
 REACHED = "reached"
+UPSTREAM_CHECKED = "upstreamChecked"  # on a pull-through tag row
 Operation = tuple[str, dict[str, Any], dict[str, Any]]
 
 log = logging.getLogger("berth.storage")
@@ -97,6 +98,11 @@ class StoredManifest:
     size: int
     subject: str | None
     body: bytes | None  # None when asked for metadata only
+    upstream_checked: str | None = None  # a pull-through tag: when upstream was last asked (ISO)
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _conditional(entity: dict[str, Any]) -> dict[str, Any]:
@@ -154,16 +160,20 @@ class ManifestStore:
         self.locks = locks or RepositoryLocks(metadata)
 
     async def put(self, repository: str, digest: Digest, body: bytes, manifest: Manifest,
-                  tags: Sequence[str] = (), rendition_of: Digest | None = None) -> None:
+                  tags: Sequence[str] = (), rendition_of: Digest | None = None,
+                  cached_from_upstream: bool = False) -> None:
         """Store a manifest and apply tags. `rendition_of`: the OCI source of a Docker rendition
         (renditions.py): the row carries it only if this write creates the row (an existing row
-        is left as it is), and a push of the same bytes by a user takes it away: theirs now."""
+        is left as it is), and a push of the same bytes by a user takes it away: theirs now.
+        `cached_from_upstream`: a pull-through copy (pullthrough.py), whose blobs and children
+        are fetched when first pulled, so none is checked; its tags record when upstream was
+        last asked (UPSTREAM_CHECKED)."""
         partition = repository_key(repository)
         repository_locks, existing, tag_rows, _ = await asyncio.gather(
             self.locks.fresh(repository),
             self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest)),
             self._read_tags(partition, tags),
-            self._check_references(repository, manifest),
+            _nothing() if cached_from_upstream else self._check_references(repository, manifest),
         )
         if rendition_of is None:  # a rendition is derived content, made on a pull
             check_write(repository_locks, f"repository {repository}")
@@ -174,7 +184,7 @@ class ManifestStore:
             location = f"{MANIFEST_PREFIX}{digest.algorithm}/{digest.hex}"
             await self._content.put_once(location, body)
         now = datetime.now(UTC)
-        references = _reference_touches(partition, digest, manifest, now)
+        references = [] if cached_from_upstream else _reference_touches(partition, digest, manifest, now)
         gone: set[str] = set()  # manifests a tag named that are not there: nothing to stamp
         for _ in range(ATTEMPTS):
             if existing is not None and rendition_of is not None:
@@ -201,6 +211,8 @@ class ManifestStore:
             for tag, current in zip(tags, tag_rows, strict=True):  # one transaction: all tags, or none
                 tag_row = {"PartitionKey": partition, "RowKey": TAG + tag, "digest": str(digest), **stored,
                            "updated": now}  # the tag's lastUpdateTime (attributes.py)
+                if cached_from_upstream:
+                    tag_row[UPSTREAM_CHECKED] = now
                 if not manifest_readable:
                     tag_row[MANIFEST_READ_ENABLED] = False
                 if current is None:
@@ -232,7 +244,7 @@ class ManifestStore:
             existing, tag_rows, _, stamped = await asyncio.gather(
                 self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest)),
                 self._read_tags(partition, tags),
-                self._check_references(repository, manifest),
+                _nothing() if cached_from_upstream else self._check_references(repository, manifest),
                 asyncio.gather(*(self._metadata.read_fast(self._metadata.repos, partition, stamp[1]["RowKey"])
                                  for stamp in stamps)))
             gone.update(stamp[1]["RowKey"] for stamp, row in zip(stamps, stamped, strict=True) if row is None)
@@ -322,7 +334,21 @@ class ManifestStore:
             raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} is not in repository {repository}")
         digest = reference if isinstance(reference, Digest) else parse_digest(row["digest"])
         body = await self.body(row) if with_body else None
-        return StoredManifest(digest, row["mediaType"], read_int(row, "size"), row.get("subject"), body)
+        return StoredManifest(digest, row["mediaType"], read_int(row, "size"), row.get("subject"), body,
+                              row.get(UPSTREAM_CHECKED))
+
+    async def mark_checked(self, repository: str, tag: str, digest: Digest) -> None:
+        """Upstream still names what the pull-through tag names: note when it was asked (only if
+        the tag still names that manifest; a tag moved meanwhile is left alone)."""
+        row = await self._metadata.read_fast(self._metadata.repos, repository_key(repository), TAG + tag)
+        if row is None or row.get("digest") != str(digest):
+            return
+        try:
+            await self._metadata.repos.update_entity(
+                {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], UPSTREAM_CHECKED: datetime.now(UTC)},
+                mode=UpdateMode.MERGE, **_conditional(row))
+        except (ResourceModifiedError, ResourceNotFoundError):
+            pass
 
     async def _source_readable(self, repository: str, source: str) -> bool:
         row = await self._metadata.read_fast(self._metadata.repos, repository_key(repository), MANIFEST + source)

@@ -21,6 +21,7 @@ from registry.oci.manifest import Manifest, parse_manifest
 from registry.settings import MiB, Settings
 from registry.storage.attributes import AttributeStore
 from registry.storage.blobs import BlobInfo, BlobStore, IndexEntry
+from registry.storage.cache_rules import CacheRules
 from registry.storage.clients import StorageClients
 from registry.storage.content import ContentStore
 from registry.storage.credential_sets import CredentialSets
@@ -76,6 +77,7 @@ class RegistryStore:
         self.attributes = AttributeStore(self.content, self.metadata, self.blobs, self.manifests)
         self.collector = GarbageCollector(self.content, self.metadata)
         self.credential_sets = CredentialSets(self.metadata)
+        self.cache_rules = CacheRules(self.metadata)
         self.retention = Retention(self.metadata, self.manifests,
                                    RetentionPolicies(self.metadata, settings.retention_days),
                                    self.delete_manifest, self.renditions.forget,
@@ -129,11 +131,12 @@ class RegistryStore:
                                         session.has_row)
 
     async def put_manifest(self, repository: str, digest: Digest, body: bytes, manifest: Manifest,
-                           tags: Sequence[str] = ()) -> None:
+                           tags: Sequence[str] = (), cached_from_upstream: bool = False) -> None:
         # The catalog row is idempotent and harmless before the manifest: one round trip. A first
         # push that fails leaves the row flagged, so the catalog lists no empty repository.
         registering = repository not in self._known_repositories
-        pushed, registered = await asyncio.gather(self.manifests.put(repository, digest, body, manifest, tags),
+        pushed, registered = await asyncio.gather(self.manifests.put(repository, digest, body, manifest, tags,
+                                                                     cached_from_upstream=cached_from_upstream),
                                                   self.register_repository(repository), return_exceptions=True)
         if isinstance(pushed, BaseException):
             if registering and not isinstance(registered, BaseException):
