@@ -96,12 +96,13 @@ async def import_image(request: Request, ctx: Context, name: str) -> Response:
     connector = GuardedConnector(ctx.settings.import_private_hosts)
     timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=60)
     grant = getattr(request.state, "grant", None)
+    identity = key_vault_credential(ctx.settings.managed_identity_client_id)
     try:
         async with asyncio.timeout(IMPORT_BUDGET_SECONDS), \
                 aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session:
             login = (username, password) if username and password else None
             if credential_set:
-                reader = SecretReader(session, key_vault_credential(ctx.settings.managed_identity_client_id))
+                reader = SecretReader(session, identity)
                 login = await login_with_set(ctx.store.credential_sets, reader, credential_set, source)
             client = UpstreamClient(session, login, ctx.settings.max_manifest_bytes)
             # Blobs of other repositories are linked only for a caller who may read them all.
@@ -121,6 +122,8 @@ async def import_image(request: Request, ctx: Context, name: str) -> Response:
         if error.status == 404:
             raise RegistryError(MANIFEST_UNKNOWN, error.message) from None
         raise RegistryError(UPSTREAM_FAILED, error.message) from None
+    finally:
+        await identity.close()
     if credential_set:
         await ctx.store.credential_sets.record(credential_set, None)
     return json_response(report.document())

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -26,7 +28,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 
 from registry.oci.digest import Digest
-from registry.oci.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, UPSTREAM_FAILED, RegistryError
+from registry.oci.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, TOO_MANY_REQUESTS, UPSTREAM_FAILED, RegistryError
 from registry.oci.manifest import Descriptor, parse_manifest
 from registry.ops.importer import Importer, ImportReport
 from registry.ops.secrets import SecretReader, SecretUnavailable, key_vault_credential, login_with_set
@@ -35,10 +37,12 @@ from registry.settings import Settings
 from registry.storage.blobs import BlobInfo
 from registry.storage.errors import unavailable
 from registry.storage.manifests import StoredManifest
-from registry.storage.metadata import etag_of
+from registry.storage.metadata import etag_of, repository_key
 from registry.storage.registry_store import RegistryStore
 
-CLAIM = "fetching"  # RowKey of a digest's claim row in the digest index
+CLAIM = "fetching:"  # + repository key: the RowKey of a download's claim, in the digest's partition
+CLIENT_TTL = 300.0
+REFRESH_SECONDS = 10.0
 POLL_SECONDS = 0.5
 
 log = logging.getLogger("berth.cache")
@@ -49,12 +53,16 @@ class PullThrough:
         self._store = store
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
-        self._fetches: dict[tuple[str, str], asyncio.Future[None]] = {}  # blob downloads in progress
+        self._identity = key_vault_credential(settings.managed_identity_client_id)
+        # Per rule: its client (which keeps upstream's tokens) and login, for CLIENT_TTL seconds.
+        self._clients: dict[str, tuple[float, UpstreamClient]] = {}
+        self._fetches: dict[tuple[str, str], asyncio.Future[None]] = {}  # downloads in progress
         self._refreshing: set[str] = set()  # tags being asked upstream again
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        await self._identity.close()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -63,19 +71,30 @@ class PullThrough:
         return self._session
 
     async def _upstream(self, repository: str, reference: str) -> tuple[UpstreamClient, SourceImage] | None:
+        """The upstream client and image for a repository a rule covers, if it may be filled:
+        never for a read- or write-disabled repository (nothing is fetched for it)."""
         matched = await self._store.cache_rules.match(repository)
         if matched is None:
             return None
+        locks = await self._store.locks.cached(repository)
+        if not locks.readEnabled or not locks.writeEnabled:
+            return None
         rule, upstream = matched  # http://host/... only where the rule says so
         source = parse_source(f"{upstream}@{reference}" if ":" in reference else f"{upstream}:{reference}")
+        kept = self._clients.get(rule.name)
+        if kept is not None and kept[0] > time.monotonic():
+            return kept[1], source
         login = None
         if rule.credential_set:
-            reader = SecretReader(self._http(), key_vault_credential(self._settings.managed_identity_client_id))
+            reader = SecretReader(self._http(), self._identity)
             try:
                 login = await login_with_set(self._store.credential_sets, reader, rule.credential_set, source)
-            except SecretUnavailable as error:
-                raise RegistryError(UPSTREAM_FAILED, f"cache rule {rule.name}: {error}") from None
-        return UpstreamClient(self._http(), login, self._settings.max_manifest_bytes), source
+            except (SecretUnavailable, RegistryError) as error:
+                raise RegistryError(UPSTREAM_FAILED, f"cache rule {rule.name}: "
+                                    f"{getattr(error, 'message', error)}") from None
+        client = UpstreamClient(self._http(), login, self._settings.max_manifest_bytes)
+        self._clients[rule.name] = (time.monotonic() + CLIENT_TTL, client)
+        return client, source
 
     # --- manifests ------------------------------------------------------------------------
 
@@ -85,16 +104,28 @@ class PullThrough:
         if found is None:
             return None
         client, source = found
-        try:
-            await self._fetch_manifest(client, source, repository, reference)
-        except UpstreamError as error:
-            raise self._failure(error, f"manifest {reference}") from None
+        await self._shared(("manifest", f"{repository}@{reference}"),
+                           lambda: self._fetch_manifest(client, source, repository, reference))
         return await self._store.manifests.get(repository, reference, with_body=with_body)
+
+    async def _shared(self, key: tuple[str, str], work: Callable[[], Awaitable[None]]) -> None:
+        """Requests on this instance for the same thing share one fetch."""
+        running = self._fetches.get(key)
+        if running is None:
+            running = self._fetches[key] = asyncio.ensure_future(work())
+            running.add_done_callback(lambda _: self._fetches.pop(key, None))
+        await asyncio.shield(running)
 
     async def _fetch_manifest(self, client: UpstreamClient, source: SourceImage, repository: str,
                               reference: Digest | str) -> None:
-        body, media_type, digest = await client.manifest(source, str(reference))
-        manifest = parse_manifest(body, media_type)
+        what = f"manifest {reference}"
+        try:
+            body, media_type, digest = await client.manifest(source, str(reference))
+            manifest = parse_manifest(body, media_type)
+        except UpstreamError as error:
+            raise self._failure(error, what) from None
+        except RegistryError as error:  # not a manifest Berth stores (schema 1, invalid)
+            raise RegistryError(UPSTREAM_FAILED, f"{what} from upstream: {error.message}") from None
         tags = [reference] if isinstance(reference, str) else []
         await self._store.put_manifest(repository, digest, body, manifest, tags, cached_from_upstream=True)
 
@@ -110,22 +141,24 @@ class PullThrough:
             return stored
         self._refreshing.add(key)
         try:
-            found = await self._upstream(repository, tag)
-            if found is None:
-                return stored
-            client, source = found
-            digest = await client.head_manifest(source, tag)
-            if digest == stored.digest:
-                await self._store.manifests.mark_checked(repository, tag, stored.digest)
-                return stored
-            await self._fetch_manifest(client, source, repository, tag)
-            return await self._store.manifests.get(repository, tag, with_body=stored.body is not None)
-        except (UpstreamError, RegistryError) as error:
-            log.warning("cached tag %s:%s served as it is; upstream could not be asked: %s", repository, tag,
-                        getattr(error, "message", error))
-            return stored
+            async with asyncio.timeout(REFRESH_SECONDS):  # the pull waits this long at most
+                found = await self._upstream(repository, tag)
+                if found is None:
+                    return stored
+                client, source = found
+                digest = await client.head_manifest(source, tag)
+                if digest != stored.digest:
+                    await self._fetch_manifest(client, source, repository, tag)
+                    return await self._store.manifests.get(repository, tag, with_body=stored.body is not None)
+        except (UpstreamError, RegistryError, TimeoutError) as error:
+            # Down, throttling, gone, or a tag that may not move (locked, or pushed by a user meanwhile):
+            # serve what is here and ask again after the TTL, not on every pull.
+            log.warning("cached tag %s:%s served as it is; upstream not asked again for %d s: %s", repository, tag,
+                        self._settings.cache_tag_ttl_seconds, getattr(error, "message", repr(error)))
         finally:
             self._refreshing.discard(key)
+        await self._store.manifests.mark_checked(repository, tag, stored.digest)
+        return stored
 
     # --- blobs ----------------------------------------------------------------------------
 
@@ -133,12 +166,7 @@ class PullThrough:
         """A blob this registry does not have in `repository`, fetched and linked; None without a rule."""
         if await self._store.cache_rules.match(repository) is None:
             return None
-        key = (repository, str(digest))
-        running = self._fetches.get(key)
-        if running is None:
-            running = self._fetches[key] = asyncio.ensure_future(self._fetch_blob_once(repository, digest))
-            running.add_done_callback(lambda _: self._fetches.pop(key, None))
-        await asyncio.shield(running)
+        await self._shared(("blob", f"{repository}@{digest}"), lambda: self._fetch_blob_once(repository, digest))
         return await self._store.blobs.stat(repository, digest)
 
     async def _fetch_blob_once(self, repository: str, digest: Digest) -> None:
@@ -147,12 +175,13 @@ class PullThrough:
         while True:
             if await self._linked(repository, digest):
                 return
-            claim = await self._claim(digest)
+            claim = await self._claim(repository, digest)
             if claim is not None:
                 break
             if asyncio.get_running_loop().time() > deadline:
                 raise unavailable(f"blob {digest} is being fetched from upstream by another instance")
             await asyncio.sleep(POLL_SECONDS)
+        renewing = asyncio.ensure_future(self._renew(repository, digest, claim))
         try:
             found = await self._upstream(repository, str(digest))
             if found is None:
@@ -167,7 +196,9 @@ class PullThrough:
             except UpstreamError as error:
                 raise self._failure(error, f"blob {digest}") from None
         finally:
-            await self._release(digest, claim)
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+            await self._release(repository, digest, claim[0])
 
     async def _linked(self, repository: str, digest: Digest) -> bool:
         try:
@@ -176,31 +207,50 @@ class PullThrough:
             return False
         return True
 
-    async def _claim(self, digest: Digest) -> str | None:
-        """Claim the download of `digest` (the etag of the claim), or None if a live claim exists."""
+    def _claim_key(self, repository: str) -> str:
+        return CLAIM + repository_key(repository)
+
+    async def _claim(self, repository: str, digest: Digest) -> list[str] | None:
+        """Claim the download of `digest` into `repository`: [the claim's etag] (renewed in place
+        by `_renew`), or None while another instance holds a live claim."""
         table = self._store.metadata.digests
-        until = datetime.now(UTC) + timedelta(seconds=self._settings.request_budget_seconds)
-        entity = {"PartitionKey": str(digest), "RowKey": CLAIM, "until": until}
+        entity = {"PartitionKey": str(digest), "RowKey": self._claim_key(repository), "until": self._until()}
         try:
             created = await table.create_entity(entity)
-            return created["etag"]
+            return [created["etag"]]
         except ResourceExistsError:
             pass
-        row = await self._store.metadata.get(table, str(digest), CLAIM)
-        if row is None:
-            return None  # released just now: the next look finds the link, or claims
-        if row["until"] > datetime.now(UTC):
-            return None
-        try:  # an instance that claimed it died: take the claim over
+        row = await self._store.metadata.get(table, str(digest), self._claim_key(repository))
+        if row is None or row["until"] > datetime.now(UTC):
+            return None  # released just now (the next look finds the link), or alive
+        try:  # the instance that claimed it stopped renewing: take the claim over
             replaced = await table.update_entity(entity, etag=etag_of(row),
                                                  match_condition=MatchConditions.IfNotModified)
-            return replaced["etag"]
+            return [replaced["etag"]]
         except (ResourceModifiedError, ResourceNotFoundError):
             return None
 
-    async def _release(self, digest: Digest, etag: str) -> None:
+    def _until(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self._settings.request_budget_seconds)
+
+    async def _renew(self, repository: str, digest: Digest, claim: list[str]) -> None:
+        """Keep the claim alive while the download runs, however long it takes."""
+        table = self._store.metadata.digests
+        while True:
+            await asyncio.sleep(self._settings.request_budget_seconds / 3)
+            entity = {"PartitionKey": str(digest), "RowKey": self._claim_key(repository), "until": self._until()}
+            try:
+                renewed = await table.update_entity(entity, etag=claim[0],
+                                                    match_condition=MatchConditions.IfNotModified)
+                claim[0] = renewed["etag"]
+            except (ResourceModifiedError, ResourceNotFoundError):
+                return  # taken over (this one was presumed dead): its download goes on regardless
+            except Exception as error:  # noqa: BLE001 (storage hiccup: try again next period)
+                log.warning("claim of %s not renewed: %r", digest, error)
+
+    async def _release(self, repository: str, digest: Digest, etag: str) -> None:
         try:
-            await self._store.metadata.digests.delete_entity(str(digest), CLAIM, etag=etag,
+            await self._store.metadata.digests.delete_entity(str(digest), self._claim_key(repository), etag=etag,
                                                              match_condition=MatchConditions.IfNotModified)
         except (ResourceModifiedError, ResourceNotFoundError):
             pass
@@ -208,10 +258,11 @@ class PullThrough:
     # --- outcomes -------------------------------------------------------------------------
 
     def _failure(self, error: UpstreamError, what: str) -> RegistryError:
-        if error.status == 404:
-            return RegistryError(MANIFEST_UNKNOWN if what.startswith("manifest") else BLOB_UNKNOWN,
-                                 f"{what}: {error.message}")
+        # Docker Hub answers 401 for a repository that does not exist (or is private): not found.
+        if error.status in (401, 403, 404):
+            code = MANIFEST_UNKNOWN if what.startswith("manifest") else BLOB_UNKNOWN
+            return RegistryError(code, f"{what}: {error.message}")
         if error.status == 429:
-            return unavailable(f"upstream is throttling; {what} is not cached yet")
+            return RegistryError(TOO_MANY_REQUESTS, f"upstream is throttling; {what} is not cached yet",
+                                 headers={"Retry-After": "30"})
         return RegistryError(UPSTREAM_FAILED, f"{what}: {error.message}")
-

@@ -82,19 +82,29 @@ class SecretReader:
         return value
 
 
-def key_vault_credential(managed_identity_client_id: str | None) -> CredentialFactory:
-    """The app's identity for Key Vault, made on first use (and kept)."""
-    made: list[Any] = []
+class VaultIdentity:
+    """The app's identity for Key Vault: made on first use, kept, closed with its owner."""
 
-    async def credential() -> Any:
-        if not made:
+    def __init__(self, managed_identity_client_id: str | None):
+        self._client_id = managed_identity_client_id
+        self._credential: Any = None
+
+    async def __call__(self) -> Any:
+        if self._credential is None:
             from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
-            made.append(ManagedIdentityCredential(client_id=managed_identity_client_id)
-                        if managed_identity_client_id else DefaultAzureCredential())
-        return made[0]
+            self._credential = (ManagedIdentityCredential(client_id=self._client_id) if self._client_id
+                                else DefaultAzureCredential())
+        return self._credential
 
-    return credential
+    async def close(self) -> None:
+        if self._credential is not None:
+            await self._credential.close()
+            self._credential = None
+
+
+def key_vault_credential(managed_identity_client_id: str | None) -> VaultIdentity:
+    return VaultIdentity(managed_identity_client_id)
 
 
 async def login_with_set(sets: CredentialSets, reader: SecretReader, name: str,

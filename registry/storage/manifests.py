@@ -221,6 +221,8 @@ class ManifestStore:
                 tag_locks = locks_of(current)
                 if current.get("digest") == str(digest) and not tag_locks.writeEnabled:
                     continue  # already there, and locked: nothing to write
+                if cached_from_upstream and not current.get(UPSTREAM_CHECKED):
+                    continue  # a tag a user pushed: the cache never overwrites it
                 check_write(tag_locks, f"tag {tag}")
                 # The tag keeps its locks; conditional, so a lock set since the read is not lost.
                 tag_row.update(tag_locks.properties())

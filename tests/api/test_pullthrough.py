@@ -191,7 +191,7 @@ class MovingUpstream(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def short_ttl_server(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    instance = start_server(azurite, tmp_path_factory.mktemp("pt-ttl"), BERTH_CACHE_TAG_TTL_SECONDS="1")
+    instance = start_server(azurite, tmp_path_factory.mktemp("pt-ttl"), BERTH_CACHE_TAG_TTL_SECONDS="2")
     yield instance
     stop_server(instance)
 
@@ -220,13 +220,28 @@ def test_a_tag_is_asked_again_after_its_ttl_and_served_when_upstream_is_down(
 
             assert current() == sha256(first)
             assert current() == sha256(first) and MovingUpstream.heads == 0  # within the TTL: not asked
+            time.sleep(2.5)
+            assert current() == sha256(first) and MovingUpstream.heads == 1  # asked (HEAD): unchanged
+            assert current() == sha256(first) and MovingUpstream.heads == 1  # and that answer counts a TTL
             MovingUpstream.current = sha256(second)
-            time.sleep(1.5)
-            assert current() == sha256(second) and MovingUpstream.heads == 1  # asked (HEAD), and it moved
+            time.sleep(2.5)
+            assert current() == sha256(second) and MovingUpstream.heads == 2  # asked, and it moved
             fake.shutdown()
             fake.server_close()
-            time.sleep(1.5)
+            time.sleep(2.5)
             assert current() == sha256(second)  # upstream is gone: the cached tag is served
+            # A tag a user pushes into a cached repository is theirs: the cache never moves it.
+            config = b'{"os":"linux"}'
+            layer = os.urandom(50)
+            for blob in (config, layer):
+                assert http.post(f"/v2/{prefix}/moving/blobs/uploads/", params={"digest": sha256(blob)},
+                                 content=blob).status_code == 201
+            mine = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, config),
+                               "layers": [descriptor(OCI_LAYER, layer)]}).encode()
+            assert http.put(f"/v2/{prefix}/moving/manifests/v", content=mine,
+                            headers={"Content-Type": OCI_MANIFEST}).status_code == 201
+            time.sleep(2.5)
+            assert current() == sha256(mine)
             index = http.get(f"/v2/{prefix}/moving/manifests/v", headers={"Accept": OCI_INDEX})
             assert index.status_code == 404  # an OCI manifest is not an index: Accept still rules
     finally:
