@@ -350,6 +350,7 @@ def credential_set_command(args: argparse.Namespace) -> int:
 def cache_command(args: argparse.Namespace) -> int:
     """`cache create|list|show|delete`: cache rules of the pull-through cache (az acr cache)."""
     from registry.oci.errors import RegistryError
+    from registry.ops.upstream import UpstreamForbidden, refuse_private_registry
 
     async def work(ctx: Context) -> int:
         rules = ctx.store.cache_rules
@@ -357,6 +358,7 @@ def cache_command(args: argparse.Namespace) -> int:
             if args.action == "create":
                 if args.credential_set:
                     await ctx.store.credential_sets.get(args.credential_set)
+                refuse_private_registry(args.source_repo, ctx.settings.upstream_private_hosts)
                 made = await rules.create(args.name, args.source_repo, args.target_repo, args.credential_set)
                 print(json.dumps(made.document(), indent=2))
             elif args.action == "list":
@@ -369,7 +371,7 @@ def cache_command(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f"berth: {error}", file=sys.stderr)
             return 2
-        except RegistryError as error:
+        except (RegistryError, UpstreamForbidden) as error:
             print(f"berth: {error.message}", file=sys.stderr)
             return 1
         return 0

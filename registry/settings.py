@@ -47,7 +47,7 @@ class Settings:
     retention_days: int | None = None
     retention_margin_override: int | None = None
     # Hosts (`host` or `host:port`) the HTTP import endpoint may reach on private addresses.
-    import_private_hosts: tuple[str, ...] = ()
+    upstream_private_hosts: tuple[str, ...] = ()
     # Pull-through cache (pullthrough.py): how long a cached tag is served before upstream is asked again.
     cache_tag_ttl_seconds: int = 3600
     # Each storage call gives up after this long per attempt (with one quick retry), so a
@@ -209,7 +209,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_days=_optional_int(env, "BERTH_RETENTION_DAYS", 0, 365),
         retention_margin_override=_optional_int(env, "BERTH_RETENTION_MARGIN_SECONDS", 0, 3600),
         cache_tag_ttl_seconds=_int(env, "BERTH_CACHE_TAG_TTL_SECONDS", 3600, 0, 30 * 24 * 3600),
-        import_private_hosts=tuple(h.strip() for h in (env.get("BERTH_IMPORT_PRIVATE_HOSTS") or "").split(",")
+        upstream_private_hosts=tuple(h.strip() for h in (env.get("BERTH_UPSTREAM_PRIVATE_HOSTS") or "").split(",")
                                    if h.strip()),
         auth=_choice(env, "BERTH_AUTH", "none", ("none", "token")),
         local_data_dir=env.get("BERTH_LOCAL_DATA_DIR") or ".berth-data",

@@ -50,6 +50,8 @@ def start_server(azurite: Azurite, tmp: Path, **settings: str) -> Server:
         "BERTH_TABLE_PREFIX": TABLE_PREFIX,
         # A repository delete waits out the push budget (65 s); these servers' pushes are fast.
         "BERTH_REPOSITORY_DELETE_SETTLE_SECONDS": "1",
+        # The upstreams of the import and pull-through tests live on loopback.
+        "BERTH_UPSTREAM_PRIVATE_HOSTS": "127.0.0.1",
         **settings,
     }
     log = tmp / f"berth-{port}.log"

@@ -10,7 +10,7 @@ short answers 503 and leaves what it copied: sending the same request again goes
 
 The caller chooses the address Berth connects to, so every address (each redirect's, the token
 realm's, each name's resolution) is vetted by GuardedConnector: loopback, private and
-link-local ones are refused unless BERTH_IMPORT_PRIVATE_HOSTS names the host. Blobs another
+link-local ones are refused unless BERTH_UPSTREAM_PRIVATE_HOSTS names the host. Blobs another
 repository holds are linked without a fetch only for a caller who may read everything (an
 admin); anyone else's import fetches them, so the digest check proves they had the bytes.
 """
@@ -93,7 +93,7 @@ async def import_image(request: Request, ctx: Context, name: str) -> Response:
         platform = parse_platform(document["platform"]) if document.get("platform") else None
     except (ValueError, TypeError) as error:
         raise _invalid(str(error)) from None
-    connector = GuardedConnector(ctx.settings.import_private_hosts)
+    connector = GuardedConnector(ctx.settings.upstream_private_hosts)
     timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=60)
     grant = getattr(request.state, "grant", None)
     identity = key_vault_credential(ctx.settings.managed_identity_client_id)

@@ -28,11 +28,25 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 
 from registry.oci.digest import Digest
-from registry.oci.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, TOO_MANY_REQUESTS, UPSTREAM_FAILED, RegistryError
+from registry.oci.errors import (
+    BLOB_UNKNOWN,
+    MANIFEST_UNKNOWN,
+    TOO_MANY_REQUESTS,
+    UPSTREAM_FAILED,
+    UPSTREAM_FORBIDDEN,
+    RegistryError,
+)
 from registry.oci.manifest import Descriptor, parse_manifest
 from registry.ops.importer import Importer, ImportReport
 from registry.ops.secrets import SecretReader, SecretUnavailable, key_vault_credential, login_with_set
-from registry.ops.upstream import SourceImage, UpstreamClient, UpstreamError, parse_source
+from registry.ops.upstream import (
+    GuardedConnector,
+    SourceImage,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamForbidden,
+    parse_source,
+)
 from registry.settings import Settings
 from registry.storage.blobs import BlobInfo
 from registry.storage.errors import unavailable
@@ -67,7 +81,10 @@ class PullThrough:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=60)
-            self._session = aiohttp.ClientSession(timeout=timeout, trust_env=False)
+            # Rules are an operator's, but redirects and token realms are upstream's: the same
+            # guard as the import endpoint keeps them off private addresses (metadata endpoints).
+            connector = GuardedConnector(self._settings.upstream_private_hosts)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
         return self._session
 
     async def _upstream(self, repository: str, reference: str) -> tuple[UpstreamClient, SourceImage] | None:
@@ -195,6 +212,11 @@ class PullThrough:
                                          ImportReport(str(source), repository))
             except UpstreamError as error:
                 raise self._failure(error, f"blob {digest}") from None
+            except RegistryError as error:
+                if error.error.code not in ("DIGEST_INVALID", "SIZE_INVALID"):
+                    raise
+                # Upstream sent other bytes than the digest names: nothing was stored.
+                raise RegistryError(UPSTREAM_FAILED, f"blob {digest} from upstream: {error.message}") from None
         finally:
             renewing.cancel()
             await asyncio.gather(renewing, return_exceptions=True)
@@ -258,6 +280,8 @@ class PullThrough:
     # --- outcomes -------------------------------------------------------------------------
 
     def _failure(self, error: UpstreamError, what: str) -> RegistryError:
+        if isinstance(error, UpstreamForbidden):
+            return RegistryError(UPSTREAM_FORBIDDEN, f"{what}: {error.message}")
         # Docker Hub answers 401 for a repository that does not exist (or is private): not found.
         if error.status in (401, 403, 404):
             code = MANIFEST_UNKNOWN if what.startswith("manifest") else BLOB_UNKNOWN

@@ -160,6 +160,24 @@ def private_address(address: str) -> bool:
                                                       if network.version == ip.version)
 
 
+def refuse_private_registry(registry: str, allowed: Sequence[str]) -> None:
+    """A registry named by a private address (or `localhost`), unless `allowed` names it: a
+    cache rule must not point there. Names are checked again at every connection."""
+    registry = registry.removeprefix("http://").removeprefix("https://").split("/")[0]
+    try:
+        host = urlsplit(f"//{registry}").hostname or registry
+    except ValueError:
+        raise UpstreamForbidden(f"{registry!r} is not a registry host") from None
+    if registry in allowed or host in allowed:
+        return
+    try:
+        private = private_address(host)
+    except ValueError:
+        private = host == "localhost"
+    if private:
+        raise UpstreamForbidden(f"{registry} is a private address; BERTH_UPSTREAM_PRIVATE_HOSTS may allow it")
+
+
 class GuardedConnector(aiohttp.TCPConnector):
     """Connects only to global addresses, unless `allowed` names the host (`host` or
     `host:port`). The check sits where aiohttp turns the parsed URL's host into the addresses it
@@ -177,7 +195,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         for answer in answers:
             if private_address(answer["host"]):
                 raise UpstreamForbidden(f"{host} is or resolves to a private address ({answer['host']}); "
-                                        "BERTH_IMPORT_PRIVATE_HOSTS may allow it")
+                                        "BERTH_UPSTREAM_PRIVATE_HOSTS may allow it")
         return answers
 
 

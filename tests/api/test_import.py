@@ -221,12 +221,19 @@ class LyingUpstream(BaseHTTPRequestHandler):
             return self._send(200, bytes(b ^ 1 for b in self.layer), "application/octet-stream")
         return self._send(404, b"{}", "application/json")
 
-    def _send(self, status: int, body: bytes, media_type: str, headers: dict[str, str] | None = None) -> None:
+    def do_HEAD(self) -> None:  # noqa: N802 (the length of a blob, as registries answer it)
+        blobs = {f"/v2/lies/blobs/{sha256(blob)}": blob for blob in (self.config, self.layer)}
+        body = blobs.get(self.path)
+        self._send(200 if body is not None else 404, body or b"", "application/octet-stream", head=True)
+
+    def _send(self, status: int, body: bytes, media_type: str, headers: dict[str, str] | None = None,
+              head: bool = False) -> None:
         self.send_response(status)
         for name, value in {"Content-Type": media_type, "Content-Length": str(len(body)), **(headers or {})}.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if not head:
+            self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -310,13 +317,21 @@ def test_basic_auth_and_a_cdn_that_never_sees_the_credentials(azurite: Azurite, 
 @pytest.fixture(scope="module")
 def importing_server(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A Berth whose import endpoint may reach 127.0.0.1 (the upstreams of these tests)."""
-    instance = start_server(azurite, tmp_path_factory.mktemp("import"), BERTH_IMPORT_PRIVATE_HOSTS="127.0.0.1",
+    instance = start_server(azurite, tmp_path_factory.mktemp("import"), BERTH_UPSTREAM_PRIVATE_HOSTS="127.0.0.1",
                             UPSTREAM_PULL_PASSWORD="s3cret")  # a credential set refers to it
     yield instance
     stop_server(instance)
 
 
-def test_the_http_endpoint(cncf: str, importing_server: Server, server: Server, repo: str) -> None:
+@pytest.fixture(scope="module")
+def guarded_server(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A Berth as deployed: no private upstream allowed."""
+    instance = start_server(azurite, tmp_path_factory.mktemp("guarded"), BERTH_UPSTREAM_PRIVATE_HOSTS="")
+    yield instance
+    stop_server(instance)
+
+
+def test_the_http_endpoint(cncf: str, importing_server: Server, guarded_server: Server, repo: str) -> None:
     with httpx.Client(base_url=f"http://{cncf}", timeout=30) as upstream:
         image = Pushed(upstream, "team/http", "3.1")
     body = {"source": {"registryUri": f"http://{cncf}", "sourceImage": "team/http:3.1"},
@@ -339,12 +354,12 @@ def test_the_http_endpoint(cncf: str, importing_server: Server, server: Server, 
     port = cncf.split(":")[1]
     for registry in (f"http://{cncf}", f"http://localhost:{port}", "http://169.254.169.254",
                      f"http://[::ffff:127.0.0.1]:{port}", f"http://[::1]:{port}", "http://168.63.129.16"):
-        forbidden = httpx.post(f"{server.url}/acr/v1/{repo}/_import", timeout=60,
+        forbidden = httpx.post(f"{guarded_server.url}/acr/v1/{repo}/_import", timeout=60,
                                json={**body, "source": {"registryUri": registry, "sourceImage": "team/http:3.1"}})
         assert forbidden.status_code == 403 and error_codes(forbidden) == ["DENIED"], (registry, forbidden.text)
         assert "private address" in forbidden.json()["errors"][0]["message"]
 
-    unicode = httpx.post(f"{server.url}/acr/v1/{repo}/_import", timeout=60, json={
+    unicode = httpx.post(f"{guarded_server.url}/acr/v1/{repo}/_import", timeout=60, json={
         **body, "source": {"registryUri": f"http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{port}",
                            "sourceImage": "team/http:3.1"}})  # full-width digits: not a registry name
     assert unicode.status_code == 400 and error_codes(unicode) == ["UNSUPPORTED"]
@@ -379,7 +394,7 @@ async def _allowed_attempt(url: str) -> int:
 @pytest.fixture(scope="module")
 def token_importing_server(azurite: Azurite, entra: FakeEntra,
                            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    settings = auth_settings(azurite, entra, BERTH_IMPORT_PRIVATE_HOSTS="127.0.0.1")
+    settings = auth_settings(azurite, entra, BERTH_UPSTREAM_PRIVATE_HOSTS="127.0.0.1")
     instance = start_server(azurite, tmp_path_factory.mktemp("import-token"), **settings)
     yield instance
     stop_server(instance)

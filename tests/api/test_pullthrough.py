@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -49,8 +50,9 @@ class Upstream:
                               rf'http\.request\.uri="[^"]*{re.escape(path_part)}', text))
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
+@contextmanager
+def cncf_registry() -> Iterator[tuple[Upstream, subprocess.Popen[bytes]]]:
+    """The CNCF registry on loopback, logging every request."""
     binary = require_tool("docker-registry")
     with tempfile.TemporaryDirectory(prefix="berth-pt-upstream-") as work:
         port = free_port()
@@ -62,14 +64,21 @@ def upstream() -> Iterator[Upstream]:
                                        stdin=subprocess.DEVNULL)
         try:
             wait_until_serving(f"http://127.0.0.1:{port}/v2/", process, "docker-registry")
-            yield Upstream(f"127.0.0.1:{port}", log)
+            yield Upstream(f"127.0.0.1:{port}", log), process
         finally:
             stop_process(process)
 
 
-def cli(azurite: Azurite, *args: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with cncf_registry() as (running, _):
+        yield running
+
+
+def cli(azurite: Azurite, *args: str, private_hosts: str = "127.0.0.1") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
-           "BERTH_BLOB_CONTAINER": CONTAINER, "BERTH_TABLE_PREFIX": TABLE_PREFIX}
+           "BERTH_BLOB_CONTAINER": CONTAINER, "BERTH_TABLE_PREFIX": TABLE_PREFIX,
+           "BERTH_UPSTREAM_PRIVATE_HOSTS": private_hosts}
     return subprocess.run([sys.executable, "-m", "registry", "cache", *args], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -152,6 +161,11 @@ def test_rules_are_checked(azurite: Azurite) -> None:
         refused = cli(azurite, "create", "bad-rule", "-s", source, "-t", target)
         assert refused.returncode == 2 and refused.stderr.startswith("berth: "), (source, target)
     assert cli(azurite, "show", "no-such-rule").returncode == 1
+    # A rule may not point at a private address unless the registry's settings allow that host.
+    for source in ("http://127.0.0.1:5000/team/*", "http://169.254.169.254/x/*", "http://[::1]:5000/x/*",
+                   "http://localhost:5000/x/*"):
+        refused = cli(azurite, "create", "private-rule", "-s", source, "-t", "mirror/*", private_hosts="")
+        assert refused.returncode == 1 and "private address" in refused.stderr, (source, refused.stderr)
 
 
 class MovingUpstream(BaseHTTPRequestHandler):
@@ -245,4 +259,55 @@ def test_a_tag_is_asked_again_after_its_ttl_and_served_when_upstream_is_down(
             index = http.get(f"/v2/{prefix}/moving/manifests/v", headers={"Accept": OCI_INDEX})
             assert index.status_code == 404  # an OCI manifest is not an index: Accept still rules
     finally:
+        assert cli(azurite, "delete", f"rule-{prefix}").returncode == 0
+
+
+def test_cached_images_pull_with_the_upstream_stopped(azurite: Azurite, server: Server, tmp_path: Path) -> None:
+    skopeo = require_tool("skopeo")
+    prefix = f"off{os.urandom(4).hex()}"
+    with cncf_registry() as (gone, process):
+        with httpx.Client(base_url=f"http://{gone.host}", timeout=30) as http:
+            image = Pushed(http, "team/app", "2.0")
+        assert cli(azurite, "create", f"rule-{prefix}", "-s", f"http://{gone.host}/team/*",
+                   "-t", f"{prefix}/*").returncode == 0
+        reference = f"docker://{server.host}/{prefix}/app:2.0"
+        first = subprocess.run([skopeo, "copy", "--all", "--preserve-digests", "--src-tls-verify=false",
+                                reference, f"oci:{tmp_path / 'warm'}:app"], capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stderr
+        stop_process(process)
+        try:
+            again = subprocess.run([skopeo, "copy", "--all", "--preserve-digests", "--src-tls-verify=false",
+                                    reference, f"oci:{tmp_path / 'cold'}:app"], capture_output=True, text=True,
+                                   timeout=300)
+            assert again.returncode == 0, again.stderr
+            assert json.loads((tmp_path / "cold" / "index.json").read_text())["manifests"][0]["digest"] == image.digest
+        finally:
+            assert cli(azurite, "delete", f"rule-{prefix}").returncode == 0
+
+
+def test_an_upstream_that_lies_gets_nothing_cached(azurite: Azurite, server: Server) -> None:
+    from tests.api.test_import import LyingUpstream
+
+    LyingUpstream.throttled, LyingUpstream.requested = True, []  # no 429 this time
+    fake = ThreadingHTTPServer(("127.0.0.1", 0), LyingUpstream)
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    prefix = f"lie{os.urandom(4).hex()}"
+    assert cli(azurite, "create", f"rule-{prefix}", "-s", f"http://127.0.0.1:{fake.server_address[1]}/lies",
+               "-t", f"{prefix}/lies").returncode == 0
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            bad = http.get(f"/v2/{prefix}/lies/manifests/bad", headers={"Accept": OCI_MANIFEST})
+            assert bad.status_code == 502 and "nothing was stored" in bad.text  # announced digest is not the body's
+            good = http.get(f"/v2/{prefix}/lies/manifests/good", headers={"Accept": OCI_MANIFEST})
+            assert good.status_code == 200 and good.content == LyingUpstream.manifest
+            layer = sha256(LyingUpstream.layer)
+            wrong = http.get(f"/v2/{prefix}/lies/blobs/{layer}")
+            assert wrong.status_code == 502 and error_codes(wrong) == ["UNKNOWN"], wrong.text
+            assert f"/v2/lies/blobs/{layer}" in LyingUpstream.requested
+            LyingUpstream.requested = []
+            again = http.get(f"/v2/{prefix}/lies/blobs/{layer}")  # nothing was cached: asked again, refused again
+            assert again.status_code == 502 and f"/v2/lies/blobs/{layer}" in LyingUpstream.requested
+    finally:
+        fake.shutdown()
+        fake.server_close()
         assert cli(azurite, "delete", f"rule-{prefix}").returncode == 0
