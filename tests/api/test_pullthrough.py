@@ -311,3 +311,69 @@ def test_an_upstream_that_lies_gets_nothing_cached(azurite: Azurite, server: Ser
         fake.shutdown()
         fake.server_close()
         assert cli(azurite, "delete", f"rule-{prefix}").returncode == 0
+
+
+HTPASSWD_CONFIG = UPSTREAM_CONFIG + """auth:
+  htpasswd:
+    realm: upstream
+    path: {htpasswd}
+"""
+
+
+@pytest.fixture(scope="module")
+def htpasswd_upstream() -> Iterator[str]:
+    """The CNCF registry with htpasswd Basic auth (user `puller`, password `s3cret`)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # bcrypt through libxcrypt; the module is gone after Python 3.12
+
+    binary = require_tool("docker-registry")
+    with tempfile.TemporaryDirectory(prefix="berth-pt-htpasswd-") as work:
+        htpasswd = Path(work) / "htpasswd"
+        htpasswd.write_text(f"puller:{crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+        port = free_port()
+        config = Path(work) / "config.yml"
+        config.write_text(HTPASSWD_CONFIG.format(root=Path(work) / "data", port=port, htpasswd=htpasswd))
+        with (Path(work) / "log").open("wb") as out:
+            process = subprocess.Popen([binary, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL)
+        try:
+            wait_until_serving(f"http://127.0.0.1:{port}/v2/", process, "docker-registry")
+            yield f"127.0.0.1:{port}"
+        finally:
+            stop_process(process)
+
+
+def test_an_upstream_with_htpasswd_through_import_and_the_cache(azurite: Azurite, htpasswd_upstream: str,
+                                                                server: Server, repo: str, tmp_path: Path) -> None:
+    with httpx.Client(base_url=f"http://{htpasswd_upstream}", timeout=30, auth=("puller", "s3cret")) as http:
+        assert httpx.get(f"http://{htpasswd_upstream}/v2/").status_code == 401  # it does ask
+        image = Pushed(http, "team/locked", "1")
+    env = {**os.environ, "BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
+           "BERTH_BLOB_CONTAINER": CONTAINER, "BERTH_TABLE_PREFIX": TABLE_PREFIX}
+
+    def berth(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "registry", *args], cwd=PROJECT_ROOT, env=env, input=stdin,
+                              capture_output=True, text=True, timeout=300)
+
+    source = f"http://{htpasswd_upstream}/team/locked:1"
+    imported = berth("import", "--source", source, "--image", f"{repo}:1", "-u", "puller", "--password-stdin",
+                     stdin="s3cret\n")
+    assert imported.returncode == 0, imported.stderr
+    name = f"htp-{os.urandom(3).hex()}"
+    secret = tmp_path / "puller-password"  # read by the serving instances, which have no PULLER_PASSWORD
+    secret.write_text("s3cret\n")
+    assert berth("credential-set", "create", name, "-l", htpasswd_upstream, "-u", "puller",
+                 "-p", f"file:{secret}").returncode == 0
+    prefix = f"htp{os.urandom(4).hex()}"
+    assert cli(azurite, "create", f"rule-{prefix}", "-s", f"http://{htpasswd_upstream}/team/*", "-t", f"{prefix}/*",
+               "-c", name).returncode == 0
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            image.pulls_from(http, repo, "1")
+            image.pulls_from(http, f"{prefix}/locked", "1")  # through the cache, logged in with the set
+    finally:
+        assert cli(azurite, "delete", f"rule-{prefix}").returncode == 0
+        assert berth("credential-set", "delete", name).returncode == 0
