@@ -42,6 +42,26 @@ async def _linked(ctx: Context, name: str, digest: Digest) -> BlobInfo:
         return fetched
 
 
+async def _streamed_from_upstream(request: Request, ctx: Context, name: str, digest: str) -> Response | None:
+    """In a pull-through repository, a blob not here yet is sent while it streams into storage,
+    to the request that starts its download (a whole-blob GET; anything else waits for it)."""
+    if ctx.pullthrough is None or request.headers.get("range"):
+        return None
+    parsed = parse_digest(digest)
+    try:
+        await ctx.store.blobs.stat(name, parsed)
+        return None  # here already: the usual path (and its lock check)
+    except RegistryError as error:
+        if error.error is not BLOB_UNKNOWN:
+            raise
+    streamed = await ctx.pullthrough.stream_blob(name, parsed)
+    if streamed is None:
+        return None
+    size, chunks = streamed
+    return StreamingResponse(chunks, headers={"Content-Length": str(size), "Content-Type": OCTET_STREAM,
+                                              "Docker-Content-Digest": str(parsed)})
+
+
 async def head_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
     blob = await _readable_blob(ctx, name, digest)
     return Response(
@@ -56,6 +76,9 @@ async def head_blob(request: Request, ctx: Context, name: str, digest: str) -> R
 
 
 async def get_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
+    streamed = await _streamed_from_upstream(request, ctx, name, digest)
+    if streamed is not None:
+        return streamed
     blob = await _readable_blob(ctx, name, digest)
     digest_header = {"Docker-Content-Digest": str(blob.digest)}
     range_header = request.headers.get("range")

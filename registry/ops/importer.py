@@ -76,7 +76,7 @@ def parse_platform(text: str) -> dict[str, str]:
 
 class Importer:
     def __init__(self, store: RegistryStore, client: UpstreamClient, progress: Progress = _quiet,
-                 link_from_anywhere: bool = True):
+                 link_from_anywhere: bool = True, tap: Callable[[bytes], Awaitable[None]] | None = None):
         """`link_from_anywhere`: a blob another repository holds is linked, not fetched. Only for
         callers who may read every repository (the operator's command line, an admin): anyone
         else could name a digest they cannot pull and have it linked where they can."""
@@ -84,6 +84,7 @@ class Importer:
         self._client = client
         self._progress = progress
         self._link_from_anywhere = link_from_anywhere
+        self._tap = tap  # sees every blob chunk before it is staged (the pull-through's client)
         self._gate = asyncio.Semaphore(BLOBS_IN_FLIGHT)
         self._fetched = 0
 
@@ -201,6 +202,8 @@ class Importer:
                 if done > blob.size:  # stop now: the upload would refuse it only at the end
                     raise UpstreamError(502, f"upstream sent more than the {blob.size} bytes of blob {blob.digest}")
                 self._progress("blob", str(blob.digest), done, blob.size)
+                if self._tap is not None:
+                    await self._tap(chunk)
                 yield chunk
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -57,9 +57,79 @@ from registry.storage.registry_store import RegistryStore
 CLAIM = "fetching:"  # + repository key: the RowKey of a download's claim, in the digest's partition
 CLIENT_TTL = 300.0
 REFRESH_SECONDS = 10.0
+TAP_CHUNKS = 8  # chunks (up to 1 MiB each) buffered for a streaming client
 POLL_SECONDS = 0.5
 
 log = logging.getLogger("berth.cache")
+
+
+class _NotStreaming(Exception):
+    """This request does not stream the download (see PullThrough.stream_blob)."""
+
+
+_END = object()
+
+
+class _Tap:
+    """The chunks of a download, handed to the client that started it as they are stored. A
+    slow client slows the download (a few chunks are buffered); a client that leaves stops
+    receiving, and the download goes on into storage for the next one."""
+
+    def __init__(self) -> None:
+        self.size: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=TAP_CHUNKS)
+        self._held: bytes | None = None
+        self._gone = False
+
+    def start(self, size: int) -> None:
+        if not self.size.done():
+            self.size.set_result(size)
+
+    def decline(self) -> None:
+        if not self.size.done():
+            self.size.set_exception(_NotStreaming())
+
+    async def put(self, chunk: bytes) -> None:
+        # The last chunk is held back until the download is verified and stored: a client never
+        # receives all the bytes of a blob whose digest turns out wrong.
+        held, self._held = self._held, chunk
+        if held is not None and not self._gone:
+            await self._queue.put(held)
+
+    def finish(self) -> None:
+        self.decline()
+        for item in ([self._held] if self._held is not None else []) + [_END]:
+            self._deliver(item)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.size.done():
+            self.size.set_exception(error)
+            return
+        # Mid-stream: the client's response is cut short, so it never completes.
+        self._deliver(error if isinstance(error, Exception) else RuntimeError("download cancelled"))
+
+    def _deliver(self, item: object) -> None:
+        if self._gone:
+            return
+        if self._queue.full():  # the client is behind: it gets this when it catches up
+            asyncio.ensure_future(self._queue.put(item))
+        else:
+            self._queue.put_nowait(item)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                assert isinstance(item, bytes)
+                yield item
+        finally:
+            self._gone = True
+            while not self._queue.empty():  # free a producer blocked on a full queue
+                self._queue.get_nowait()
 
 
 class PullThrough:
@@ -186,15 +256,48 @@ class PullThrough:
         await self._shared(("blob", f"{repository}@{digest}"), lambda: self._fetch_blob_once(repository, digest))
         return await self._store.blobs.stat(repository, digest)
 
-    async def _fetch_blob_once(self, repository: str, digest: Digest) -> None:
+    async def stream_blob(self, repository: str, digest: Digest) -> tuple[int, AsyncIterator[bytes]] | None:
+        """A blob not here yet, streamed to this caller while it is stored: (size, chunks). None
+        when this request does not start the download (no rule, already stored, being fetched
+        here or by another instance): then `blob` waits for the stored copy."""
+        if await self._store.cache_rules.match(repository) is None:
+            return None
+        key = ("blob", f"{repository}@{digest}")
+        if key in self._fetches:
+            return None
+        tap = _Tap()
+        running = self._fetches[key] = asyncio.ensure_future(self._fetch_blob_once(repository, digest, tap))
+        running.add_done_callback(lambda done: (self._fetches.pop(key, None), done.cancelled() or done.exception()))
+        try:
+            size = await tap.size
+        except _NotStreaming:
+            return None
+        return size, tap.chunks()
+
+    async def _fetch_blob_once(self, repository: str, digest: Digest, tap: _Tap | None = None) -> None:
         """Fetch unless another instance is: its claim makes this one wait for the link instead."""
+        try:
+            await self._fetch_blob(repository, digest, tap)
+        except BaseException as error:
+            if tap is not None:
+                tap.fail(error)
+            raise
+        if tap is not None:
+            tap.finish()
+
+    async def _fetch_blob(self, repository: str, digest: Digest, tap: _Tap | None) -> None:
         deadline = asyncio.get_running_loop().time() + self._settings.request_budget_seconds - 10
         while True:
             if await self._linked(repository, digest):
+                if tap is not None:
+                    tap.decline()
                 return
             claim = await self._claim(repository, digest)
             if claim is not None:
                 break
+            if tap is not None:
+                tap.decline()  # another instance fetches it: this request waits for its copy
+                tap = None
             if asyncio.get_running_loop().time() > deadline:
                 raise unavailable(f"blob {digest} is being fetched from upstream by another instance")
             await asyncio.sleep(POLL_SECONDS)
@@ -206,8 +309,11 @@ class PullThrough:
             client, source = found
             try:
                 size = await client.blob_size(source, digest)
+                if tap is not None:
+                    tap.start(size)
                 # A digest alone never links another repository's bytes: upstream hands them over.
-                importer = Importer(self._store, client, link_from_anywhere=False)
+                importer = Importer(self._store, client, link_from_anywhere=False,
+                                    tap=tap.put if tap is not None else None)
                 await importer.copy_blob(source, repository, Descriptor("application/octet-stream", digest, size),
                                          ImportReport(str(source), repository))
             except UpstreamError as error:
