@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
@@ -16,25 +17,26 @@ from registry.storage.registry_store import BlobInfo
 OCTET_STREAM = "application/octet-stream"
 
 
-async def _readable_blob(ctx: Context, name: str, digest: str) -> BlobInfo:
-    """The blob as linked in the repository, unless the repository is read-disabled (a lock)."""
+async def _readable_blob(ctx: Context, name: str, digest: str, fetch: bool = True) -> BlobInfo:
+    """The blob as linked in the repository, unless the repository is read-disabled (a lock).
+    `fetch`: in a pull-through repository, fetch a missing blob (and wait for it)."""
     parsed = parse_digest(digest)
     locks = ctx.store.locks.peek(name)  # the hot path: no task, no read
     if locks is None:
-        blob, locks = await asyncio.gather(_linked(ctx, name, parsed), ctx.store.locks.fresh(name))
+        blob, locks = await asyncio.gather(_linked(ctx, name, parsed, fetch), ctx.store.locks.fresh(name))
     else:
-        blob = await _linked(ctx, name, parsed)
+        blob = await _linked(ctx, name, parsed, fetch)
     if not locks.readEnabled:
         raise RegistryError(BLOB_UNKNOWN, f"blob {digest} is not in repository {name}")
     return blob
 
 
-async def _linked(ctx: Context, name: str, digest: Digest) -> BlobInfo:
+async def _linked(ctx: Context, name: str, digest: Digest, fetch: bool) -> BlobInfo:
     """The blob's link; in a pull-through repository fetched from upstream when missing."""
     try:
         return await ctx.store.blobs.stat(name, digest)
     except RegistryError as error:
-        if error.error is not BLOB_UNKNOWN or ctx.pullthrough is None:
+        if error.error is not BLOB_UNKNOWN or ctx.pullthrough is None or not fetch:
             raise
         fetched = await ctx.pullthrough.blob(name, digest)
         if fetched is None:
@@ -42,24 +44,19 @@ async def _linked(ctx: Context, name: str, digest: Digest) -> BlobInfo:
         return fetched
 
 
-async def _streamed_from_upstream(request: Request, ctx: Context, name: str, digest: str) -> Response | None:
-    """In a pull-through repository, a blob not here yet is sent while it streams into storage,
-    to the request that starts its download (a whole-blob GET; anything else waits for it)."""
-    if ctx.pullthrough is None or request.headers.get("range"):
-        return None
-    parsed = parse_digest(digest)
-    try:
-        await ctx.store.blobs.stat(name, parsed)
-        return None  # here already: the usual path (and its lock check)
-    except RegistryError as error:
-        if error.error is not BLOB_UNKNOWN:
-            raise
-    streamed = await ctx.pullthrough.stream_blob(name, parsed)
-    if streamed is None:
-        return None
-    size, chunks = streamed
-    return StreamingResponse(chunks, headers={"Content-Length": str(size), "Content-Type": OCTET_STREAM,
-                                              "Docker-Content-Digest": str(parsed)})
+class TapResponse(StreamingResponse):
+    """Streams a download's chunks; whatever ends the response (done, failed, the client gone,
+    never started), the download is told, so it never waits for this client."""
+
+    def __init__(self, tap: Any, headers: dict[str, str]):
+        super().__init__(tap.chunks(), headers=headers)
+        self._tap = tap
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._tap.leave()
 
 
 async def head_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
@@ -76,10 +73,21 @@ async def head_blob(request: Request, ctx: Context, name: str, digest: str) -> R
 
 
 async def get_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
-    streamed = await _streamed_from_upstream(request, ctx, name, digest)
-    if streamed is not None:
-        return streamed
-    blob = await _readable_blob(ctx, name, digest)
+    # In a pull-through repository, a whole-blob GET of a blob not here yet may start its
+    # download and get the bytes as they stream into storage; anything else waits for the copy.
+    streamable = ctx.pullthrough is not None and not request.headers.get("range")
+    try:
+        blob = await _readable_blob(ctx, name, digest, fetch=not streamable)
+    except RegistryError as error:
+        if error.error is not BLOB_UNKNOWN or not streamable:
+            raise
+        assert ctx.pullthrough is not None
+        streamed = await ctx.pullthrough.stream_blob(name, parse_digest(digest))
+        if streamed is not None:
+            size, tap = streamed
+            return TapResponse(tap, headers={"Content-Length": str(size), "Content-Type": OCTET_STREAM,
+                                             "Docker-Content-Digest": digest})
+        blob = await _readable_blob(ctx, name, digest)
     digest_header = {"Docker-Content-Digest": str(blob.digest)}
     range_header = request.headers.get("range")
     if ctx.settings.blob_delivery == "redirect" and storage_serves_range(range_header, blob.size):

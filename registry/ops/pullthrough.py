@@ -58,6 +58,7 @@ CLAIM = "fetching:"  # + repository key: the RowKey of a download's claim, in th
 CLIENT_TTL = 300.0
 REFRESH_SECONDS = 10.0
 TAP_CHUNKS = 8  # chunks (up to 1 MiB each) buffered for a streaming client
+TAP_PATIENCE = 10.0  # seconds a streaming client may stop reading before it is let go
 POLL_SECONDS = 0.5
 
 log = logging.getLogger("berth.cache")
@@ -71,55 +72,78 @@ _END = object()
 
 
 class _Tap:
-    """The chunks of a download, handed to the client that started it as they are stored. A
-    slow client slows the download (a few chunks are buffered); a client that leaves stops
-    receiving, and the download goes on into storage for the next one."""
+    """The chunks of a download, handed to the client that started it as they are stored.
+
+    A slow client slows the download (TAP_CHUNKS are buffered); one that stops reading for
+    TAP_PATIENCE seconds, leaves, or never starts is let go (`leave`): its response is cut short
+    and the download goes on into storage for the next client. The size is announced with the
+    first chunk, so a download that sends nothing (stored meanwhile, refused) declines instead,
+    and the request is answered from storage. The last chunk is held back until the download
+    is verified and stored: a client never receives all the bytes of a blob whose digest is wrong.
+    """
 
     def __init__(self) -> None:
         self.size: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=TAP_CHUNKS)
+        self._queue: asyncio.Queue[object] = asyncio.Queue()  # unbounded: `put` waits for room
+        self._room = asyncio.Event()
+        self._room.set()
+        self._length = 0
         self._held: bytes | None = None
         self._gone = False
 
-    def start(self, size: int) -> None:
-        if not self.size.done():
-            self.size.set_result(size)
+    def announce(self, size: int) -> None:
+        self._length = size
 
     def decline(self) -> None:
         if not self.size.done():
             self.size.set_exception(_NotStreaming())
 
+    def leave(self) -> None:
+        """The client is gone (or never came): nothing more is queued for it."""
+        self._gone = True
+        self._room.set()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
     async def put(self, chunk: bytes) -> None:
-        # The last chunk is held back until the download is verified and stored: a client never
-        # receives all the bytes of a blob whose digest turns out wrong.
+        if not self.size.done():
+            self.size.set_result(self._length)
         held, self._held = self._held, chunk
-        if held is not None and not self._gone:
-            await self._queue.put(held)
+        if held is None or self._gone:
+            return
+        self._queue.put_nowait(held)
+        if self._queue.qsize() >= TAP_CHUNKS:
+            self._room.clear()
+            try:
+                async with asyncio.timeout(TAP_PATIENCE):
+                    await self._room.wait()
+            except TimeoutError:
+                log.info("a client stopped reading a blob it was streamed; it is stored without it")
+                self.leave()
 
     def finish(self) -> None:
-        self.decline()
-        for item in ([self._held] if self._held is not None else []) + [_END]:
-            self._deliver(item)
+        self.decline()  # nothing was sent: the request is answered from storage
+        if not self._gone:
+            if self._held is not None:
+                self._queue.put_nowait(self._held)
+            self._queue.put_nowait(_END)
 
     def fail(self, error: BaseException) -> None:
         if not self.size.done():
-            self.size.set_exception(error)
+            if isinstance(error, asyncio.CancelledError):
+                self.decline()
+            else:
+                self.size.set_exception(error)
             return
-        # Mid-stream: the client's response is cut short, so it never completes.
-        self._deliver(error if isinstance(error, Exception) else RuntimeError("download cancelled"))
-
-    def _deliver(self, item: object) -> None:
-        if self._gone:
-            return
-        if self._queue.full():  # the client is behind: it gets this when it catches up
-            asyncio.ensure_future(self._queue.put(item))
-        else:
-            self._queue.put_nowait(item)
+        if not self._gone:  # mid-stream: the client's response is cut short, so it never completes
+            self._queue.put_nowait(error if isinstance(error, Exception) else RuntimeError("download cancelled"))
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
             while True:
                 item = await self._queue.get()
+                if self._queue.qsize() < TAP_CHUNKS // 2:
+                    self._room.set()
                 if item is _END:
                     return
                 if isinstance(item, Exception):
@@ -127,9 +151,7 @@ class _Tap:
                 assert isinstance(item, bytes)
                 yield item
         finally:
-            self._gone = True
-            while not self._queue.empty():  # free a producer blocked on a full queue
-                self._queue.get_nowait()
+            self.leave()
 
 
 class PullThrough:
@@ -256,7 +278,7 @@ class PullThrough:
         await self._shared(("blob", f"{repository}@{digest}"), lambda: self._fetch_blob_once(repository, digest))
         return await self._store.blobs.stat(repository, digest)
 
-    async def stream_blob(self, repository: str, digest: Digest) -> tuple[int, AsyncIterator[bytes]] | None:
+    async def stream_blob(self, repository: str, digest: Digest) -> tuple[int, _Tap] | None:
         """A blob not here yet, streamed to this caller while it is stored: (size, chunks). None
         when this request does not start the download (no rule, already stored, being fetched
         here or by another instance): then `blob` waits for the stored copy."""
@@ -269,10 +291,13 @@ class PullThrough:
         running = self._fetches[key] = asyncio.ensure_future(self._fetch_blob_once(repository, digest, tap))
         running.add_done_callback(lambda done: (self._fetches.pop(key, None), done.cancelled() or done.exception()))
         try:
-            size = await tap.size
+            size = await asyncio.shield(tap.size)
         except _NotStreaming:
             return None
-        return size, tap.chunks()
+        except asyncio.CancelledError:  # this request ran out of time before the first byte
+            tap.leave()
+            raise
+        return size, tap
 
     async def _fetch_blob_once(self, repository: str, digest: Digest, tap: _Tap | None = None) -> None:
         """Fetch unless another instance is: its claim makes this one wait for the link instead."""
@@ -310,7 +335,7 @@ class PullThrough:
             try:
                 size = await client.blob_size(source, digest)
                 if tap is not None:
-                    tap.start(size)
+                    tap.announce(size)
                 # A digest alone never links another repository's bytes: upstream hands them over.
                 importer = Importer(self._store, client, link_from_anywhere=False,
                                     tap=tap.put if tap is not None else None)
