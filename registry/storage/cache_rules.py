@@ -1,11 +1,12 @@
 """Cache rules (ACR's artifact cache): which repositories of this registry mirror which upstream
 repositories. Rows of the catalog table, partition `cacherule`.
 
-A rule maps a target (`library/nginx`, or `library/*` for every repository under it) to a
-source (`docker.io/library/nginx`, `docker.io/library/*`); a `*` stands for the same path on
-both sides. A pull of a target repository finds the most specific rule (an exact one, then the
-longest prefix). Rules are read on a miss only (content already here costs nothing), and kept
-per instance for RULES_TTL seconds: a deleted rule may still fetch for that long.
+A rule maps a target (`library/nginx`, `library/*` for every repository under it, or `*` for
+every one-part name, as Docker Hub's short names) to a source (`docker.io/library/nginx`,
+`docker.io/library/*`); a `*` stands for the same path on both sides. A pull of a target
+repository finds the most specific rule (an exact one, then the longest prefix, then `*`).
+Rules are read on a miss only (content already here costs nothing), and kept per instance for
+RULES_TTL seconds: a deleted rule may still fetch for that long.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class CacheRule:
 
     def upstream_for(self, repository: str) -> str | None:
         """The upstream `registry/repository` for a target repository, if this rule covers it."""
+        if self.target == "*":  # every one-part name: Docker Hub's short names (`nginx`)
+            return self.source[:-1] + repository if "/" not in repository else None
         if not self.target.endswith("/*"):
             return self.source if repository == self.target else None
         prefix = self.target[:-1]
@@ -46,6 +49,9 @@ class CacheRule:
         return self.source[:-1] + repository[len(prefix):]
 
     def specificity(self) -> tuple[int, int]:
+        """Exact rules first, then the longest prefix, then `*`."""
+        if self.target == "*":
+            return (-1, 0)
         return (0 if self.target.endswith("/*") else 1, len(self.target))
 
     def document(self) -> dict[str, Any]:
@@ -55,10 +61,12 @@ class CacheRule:
 
 
 def check_rule(source: str, target: str) -> None:
-    """A source `registry/repository[/*]` and a target `repository[/*]`, wildcards on both or neither."""
-    if source.endswith("/*") != target.endswith("/*"):
+    """A source `registry/repository[/*]` and a target `repository[/*]` or `*` (every one-part
+    name), wildcards on both or neither."""
+    if source.endswith("/*") != (target.endswith("/*") or target == "*"):
         raise ValueError("use * in both the source and the target, or in neither")
-    validate_name(target.removesuffix("/*"))
+    if target != "*":
+        validate_name(target.removesuffix("/*"))
     registry, _, repository = source.removeprefix("http://").partition("/")  # http:// for a registry without TLS
     if not repository or not ("." in registry or ":" in registry or registry == "localhost"):
         raise ValueError(f"the source must name its registry: registry/repository, not {source!r}")

@@ -75,9 +75,10 @@ def upstream() -> Iterator[Upstream]:
         yield running
 
 
-def cli(azurite: Azurite, *args: str, private_hosts: str = "127.0.0.1") -> subprocess.CompletedProcess[str]:
+def cli(azurite: Azurite, *args: str, private_hosts: str = "127.0.0.1",
+        prefix: str = TABLE_PREFIX) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
-           "BERTH_BLOB_CONTAINER": CONTAINER, "BERTH_TABLE_PREFIX": TABLE_PREFIX,
+           "BERTH_BLOB_CONTAINER": prefix if prefix != TABLE_PREFIX else CONTAINER, "BERTH_TABLE_PREFIX": prefix,
            "BERTH_UPSTREAM_PRIVATE_HOSTS": private_hosts}
     return subprocess.run([sys.executable, "-m", "registry", "cache", *args], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -380,3 +381,22 @@ def test_an_upstream_with_htpasswd_through_import_and_the_cache(azurite: Azurite
     finally:
         assert cli(azurite, "delete", f"rule-{prefix}").returncode == 0
         assert berth("credential-set", "delete", name).returncode == 0
+
+
+def test_short_names_like_docker_hubs(azurite: Azurite, upstream: Upstream,
+                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A `*` target covers every one-part name: `<registry>/tiny` is upstream's `library/tiny`.
+    Its own tables, since such a rule covers every one-part repository of the registry."""
+    with httpx.Client(base_url=f"http://{upstream.host}", timeout=30) as http:
+        image = Pushed(http, "library/tiny", "1")
+    own = "berthshort"
+    assert cli(azurite, "create", "hub-short", "-s", f"http://{upstream.host}/library/*", "-t", "*",
+               prefix=own).returncode == 0
+    instance = start_server(azurite, tmp_path_factory.mktemp("short"), BERTH_TABLE_PREFIX=own,
+                            BERTH_BLOB_CONTAINER=own)
+    try:
+        with httpx.Client(base_url=instance.url, timeout=60) as http:
+            image.pulls_from(http, "tiny", "1")
+            assert http.get("/v2/team/tiny/manifests/1").status_code == 404  # two parts: not covered
+    finally:
+        stop_server(instance)
