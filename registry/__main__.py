@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import logging
 import re
@@ -379,6 +380,111 @@ def cache_command(args: argparse.Namespace) -> int:
     return with_store(work)
 
 
+def webhook_command(args: argparse.Namespace) -> int:
+    """`webhook create|update|list|show|delete|ping|events`: ACR's webhooks (az acr webhook)."""
+    from registry.oci.errors import RegistryError
+    from registry.ops.events import EventDispatcher
+    from registry.storage.events import Webhook
+
+    async def work(ctx: Context) -> int:
+        hooks = ctx.store.webhooks
+        allowed = ctx.settings.webhook_allowed_hosts
+        try:
+            if args.action == "create":
+                made = await hooks.create(Webhook(args.name, args.uri, tuple(args.actions), args.scope or "",
+                                                  _headers(args.header), args.status == "enabled", args.schema,
+                                                  args.secret), allowed)
+                print(json.dumps(made.document(), indent=2))
+            elif args.action == "update":
+                changes = {key: value for key, value in (
+                    ("uri", args.uri), ("actions", tuple(args.actions) if args.actions else None),
+                    ("scope", args.scope), ("headers", _headers(args.header) if args.header else None),
+                    ("enabled", None if args.status is None else args.status == "enabled"),
+                    ("schema", args.schema), ("secret", args.secret)) if value is not None}
+                print(json.dumps((await hooks.update(args.name, allowed, **changes)).document(), indent=2))
+            elif args.action == "list":
+                print(json.dumps([hook.document() for hook in await hooks.list()], indent=2))
+            elif args.action == "show":
+                print(json.dumps((await hooks.get(args.name)).document(), indent=2))
+            elif args.action == "delete":
+                await hooks.delete(args.name)
+                print(f"berth: webhook {args.name} deleted")
+            elif args.action == "ping":
+                dispatcher = EventDispatcher(ctx.store, ctx.settings)
+                try:
+                    delivery = await dispatcher.ping(await hooks.get(args.name))
+                finally:
+                    await dispatcher.close()
+                print(json.dumps({"eventId": delivery.event_id, "outcome": delivery.outcome,
+                                  "statusCode": delivery.status, "milliseconds": delivery.milliseconds,
+                                  "error": delivery.error or None}, indent=2))
+                return 0 if delivery.outcome == "delivered" else 1
+            else:
+                deliveries = await ctx.store.deliveries.recent(args.name, args.top)
+                rows = [{"time": d.at.isoformat(timespec="seconds") if d.at else "", "event": d.event_id,
+                         "action": d.action, "target": d.repository + (f":{d.tag}" if d.tag else ""),
+                         "attempt": d.attempt, "outcome": d.outcome, "status": d.status, "ms": d.milliseconds,
+                         "error": d.error} for d in deliveries]
+                if args.output == "json":
+                    print(json.dumps(rows, indent=2))
+                else:
+                    print(_table(rows, {key.capitalize(): functools.partial(_cell, key) for key in rows[0]})
+                          if rows else "no deliveries recorded")
+        except ValueError as error:
+            print(f"berth: {error}", file=sys.stderr)
+            return 2
+        except RegistryError as error:
+            print(f"berth: {error.message}", file=sys.stderr)
+            return 1
+        return 0
+
+    return with_store(work)
+
+
+def _cell(key: str, row: dict[str, Any]) -> Any:
+    return "-" if row[key] is None else row[key]
+
+
+def _headers(pairs: list[str] | None) -> dict[str, str]:
+    headers = {}
+    for pair in pairs or []:
+        name, equals, value = pair.partition("=")
+        if not equals:
+            raise SystemExit(f"berth: --header takes NAME=VALUE, got {pair!r}")
+        headers[name.strip()] = value
+    return headers
+
+
+def _webhook_parser(commands: Any) -> None:
+    parser = commands.add_parser("webhook", help="webhooks: POST an event on every push and delete (az acr webhook)")
+    actions = parser.add_subparsers(dest="action", required=True)
+    for action in ("create", "update"):
+        command = actions.add_parser(action, help="define a webhook" if action == "create" else "change a webhook")
+        command.add_argument("name", help="5-50 letters and digits")
+        command.add_argument("--uri", required=action == "create", help="where events are POSTed (http or https)")
+        command.add_argument("--actions", nargs="+", choices=["push", "delete"],
+                             default=["push", "delete"] if action == "create" else None)
+        command.add_argument("--scope", help="repository[:tag] with * wildcards, e.g. 'team/*:*'; empty: everything")
+        command.add_argument("--header", action="append", metavar="NAME=VALUE",
+                             help="a header sent with every event; a value env:NAME, file:/path or keyvault:https://"
+                                  "... is read at delivery (use that for secrets); repeatable (update: replaces all)")
+        command.add_argument("--status", choices=["enabled", "disabled"],
+                             default="enabled" if action == "create" else None)
+        command.add_argument("--schema", choices=["acr", "cloudevents", "eventgrid"],
+                             default="acr" if action == "create" else None,
+                             help="the body: ACR's webhook payload (default), CloudEvents 1.0, or Event Grid's schema")
+        command.add_argument("--secret", help="a reference (env:, file:, keyvault:) to a secret that signs every body: "
+                                              "X-Berth-Signature-256 = sha256=HMAC(secret, timestamp + '.' + body)")
+    actions.add_parser("list", help="every webhook")
+    for action, text in (("show", "one webhook"), ("delete", "remove a webhook (its delivery log is pruned later)"),
+                         ("ping", "send a ping event now and print the answer")):
+        actions.add_parser(action, help=text).add_argument("name")
+    events = actions.add_parser("events", help="recent deliveries, newest first (az acr webhook list-events)")
+    events.add_argument("name")
+    events.add_argument("--top", type=int, default=20)
+    events.add_argument("--output", "-o", choices=["table", "json"], default="table")
+
+
 def _cache_parser(commands: Any) -> None:
     parser = commands.add_parser("cache", help="pull-through cache rules (az acr cache)")
     actions = parser.add_subparsers(dest="action", required=True)
@@ -703,6 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     _import_parser(commands)
     _credential_set_parser(commands)
     _cache_parser(commands)
+    _webhook_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every storage call at INFO
@@ -710,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
                 "gc": collect_garbage, "repo": metadata_command, "tags": metadata_command,
                 "manifests": metadata_command, "retention": retention_command,
                 "import": import_command, "credential-set": credential_set_command,
-                "cache": cache_command}
+                "cache": cache_command, "webhook": webhook_command}
     return handlers[args.command](args)
 
 

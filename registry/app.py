@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,10 +24,13 @@ from registry.auth.entra import EntraValidator
 from registry.auth.service import TokenService
 from registry.auth.tokens import TokenIssuer
 from registry.oci.errors import UNAVAILABLE, RegistryError
+from registry.oci.events import RequestInfo
+from registry.ops.events import EventDispatcher, SweepReport
 from registry.ops.pullthrough import PullThrough
 from registry.settings import Settings, SettingsError, load_settings
 from registry.storage.access_store import AccessStore
 from registry.storage.clients import StorageClients, create_clients
+from registry.storage.events import current_request, decode_message
 from registry.storage.gc import CollectionReport
 from registry.storage.registry_store import RegistryStore
 from registry.storage.retention import RetentionReport
@@ -65,7 +69,10 @@ class MisconfiguredApplication:
     async def _refuse(self) -> Any:
         raise RuntimeError(f"Berth is misconfigured: {self.reason}")
 
-    purge_expired = collect_garbage = apply_retention = _refuse
+    purge_expired = collect_garbage = apply_retention = sweep_events = _refuse
+
+    async def handle_event_message(self, body: bytes) -> None:
+        await self._refuse()
 
 
 def application_from_environment() -> BerthApplication | MisconfiguredApplication:
@@ -88,6 +95,9 @@ class BerthApplication:
         self._context: Context | None = None
         self._clients: StorageClients | None = None
         self._pullthrough: PullThrough | None = None
+        self._dispatcher: EventDispatcher | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._stop_worker = asyncio.Event()
         self._lock = asyncio.Lock()
 
     async def context(self) -> Context:
@@ -105,6 +115,7 @@ class BerthApplication:
                         tokens = TokenService(self.settings, self._issuer, access, entra_validator(self.settings))
                     self._clients = clients
                     self._pullthrough = PullThrough(store, self.settings)
+                    self._dispatcher = EventDispatcher(store, self.settings)
                     self._context = Context(store, self.settings, access, tokens, self._pullthrough)
         return self._context
 
@@ -127,9 +138,37 @@ class BerthApplication:
     async def apply_retention(self) -> RetentionReport:
         """The daily retention run (README, "Retention"), before the garbage collection."""
         context = await self.context()
+        host = (self.settings.public_url or "").removeprefix("https://").removeprefix("http://")
+        current_request.set(RequestInfo(str(uuid.uuid4()), host, "DELETE", "berth-retention"))
         return await context.store.retention.run()
 
+    async def dispatcher(self) -> EventDispatcher:
+        await self.context()
+        assert self._dispatcher is not None
+        return self._dispatcher
+
+    async def handle_event_message(self, body: bytes) -> None:
+        """One message of the events queue (README, "Events and webhooks"); raises to retry it."""
+        await (await self.dispatcher()).handle(decode_message(body))
+
+    async def sweep_events(self) -> SweepReport:
+        """Every minute: events no queue message handed on, and the delivery logs' pruning."""
+        return await (await self.dispatcher()).sweep()
+
+    async def start_worker(self) -> None:
+        """`serve`: deliver events in this process (on Azure the queue trigger does)."""
+        dispatcher = await self.dispatcher()
+        self._stop_worker.clear()
+        self._worker = asyncio.create_task(dispatcher.run(self._stop_worker))
+
     async def close(self) -> None:
+        if self._worker is not None:
+            self._stop_worker.set()
+            await self._worker
+            self._worker = None
+        if self._dispatcher is not None:
+            await self._dispatcher.close()
+            self._dispatcher = None
         if self._pullthrough is not None:
             await self._pullthrough.close()
         if self._clients is not None:
@@ -152,6 +191,8 @@ class BerthApplication:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.context()
+                    if self.settings.events_worker:
+                        await self.start_worker()
                 except Exception as error:  # tell the server, which then refuses to start
                     log.exception("storage is not reachable")
                     await send({"type": "lifespan.startup.failed", "message": str(error)})

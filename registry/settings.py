@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ class Settings:
     storage_connection_string: str | None = None
     blob_endpoint: str | None = None
     table_endpoint: str | None = None
+    queue_endpoint: str | None = None
     managed_identity_client_id: str | None = None
     blob_container: str = "berth"
     table_prefix: str = "berth"
@@ -50,6 +52,24 @@ class Settings:
     upstream_private_hosts: tuple[str, ...] = ()
     # Pull-through cache (pullthrough.py): how long a cached tag is served before upstream is asked again.
     cache_tag_ttl_seconds: int = 3600
+    # Events (README, "Events and webhooks"). The push path keeps the webhook definitions this long.
+    webhooks_ttl_seconds: int = 10
+    # A write's event is looked for this long after it was announced (most writes take less).
+    event_look_after_seconds: int = 2
+    # Announced events not handed on after this long are taken by the sweep, which `serve` runs
+    # this often (the Functions host: every minute, on a timer).
+    event_sweep_age_seconds: int = 60
+    event_sweep_seconds: int = 60
+    events_worker: bool = True  # `serve` delivers events itself (the Functions host: a queue trigger)
+    webhook_timeout_seconds: int = 10
+    webhook_attempts: int = 8  # then the event is dead-lettered (in `webhook events`)
+    webhook_backoff_seconds: int = 10  # after the first failure; doubles each time, capped at an hour
+    webhook_allowed_hosts: tuple[str, ...] = ()  # empty: any host; `*.example.com` for subdomains
+    webhook_private_hosts: tuple[str, ...] = ()  # hosts or CIDR ranges on private addresses one may call
+    event_log_days: int = 7
+    eventgrid_topic_endpoint: str | None = None  # publish every event to this Event Grid topic too
+    eventgrid_key: str | None = None  # a reference to its access key; unset: the managed identity
+    test_event_fault: str = ""  # tests only: "no-message" or "crash" (storage/events.py)
     # Each storage call gives up after this long per attempt (with one quick retry), so a
     # request with storage down answers 503 well inside the platform's 230 s.
     storage_timeout_seconds: int = 10
@@ -143,6 +163,24 @@ def _bool(env: Mapping[str, str], key: str) -> bool:
     return raw in ("true", "1", "yes")
 
 
+def _list(env: Mapping[str, str], key: str, lower: bool = False) -> tuple[str, ...]:
+    """A comma-separated list (blanks dropped)."""
+    items = (item.strip() for item in (env.get(key) or "").split(","))
+    return tuple(item.lower() if lower else item for item in items if item)
+
+
+def _hosts_or_ranges(env: Mapping[str, str], key: str) -> tuple[str, ...]:
+    """Host names (`host`, `host:port`) and CIDR ranges (`10.0.0.0/16`)."""
+    entries = _list(env, key)
+    for entry in entries:
+        if "/" in entry:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise SettingsError(f"{key}: {entry!r} is neither a host nor a CIDR range") from None
+    return entries
+
+
 def _signing_keys(env: Mapping[str, str]) -> tuple[bytes, ...]:
     """BERTH_TOKEN_SIGNING_KEY: one base64 key, or several separated by commas (first signs)."""
     raw = env.get("BERTH_TOKEN_SIGNING_KEY")
@@ -178,12 +216,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     suffix = env.get("BERTH_STORAGE_SUFFIX", "core.windows.net")
     blob_endpoint = env.get("BERTH_BLOB_ENDPOINT") or (account and f"https://{account}.blob.{suffix}")
     table_endpoint = env.get("BERTH_TABLE_ENDPOINT") or (account and f"https://{account}.table.{suffix}")
+    queue_endpoint = (env.get("BERTH_QUEUE_ENDPOINT") or (account and f"https://{account}.queue.{suffix}")
+                      or (blob_endpoint and blob_endpoint.replace(".blob.", ".queue.", 1)))
     tenant = env.get("BERTH_ENTRA_TENANT_ID") or None
     authority = env.get("BERTH_ENTRA_AUTHORITY_HOST") or "login.microsoftonline.com"
     if bool(env.get("BERTH_ADMIN_USER")) != bool(env.get("BERTH_ADMIN_PASSWORD")):
         raise SettingsError("set both BERTH_ADMIN_USER and BERTH_ADMIN_PASSWORD, or neither")
     if tenant and not env.get("BERTH_ENTRA_AUDIENCE"):
         raise SettingsError("BERTH_ENTRA_TENANT_ID needs BERTH_ENTRA_AUDIENCE (the registry app's id / ID URI)")
+    if env.get("BERTH_EVENTGRID_KEY") and not env["BERTH_EVENTGRID_KEY"].startswith(("env:", "file:", "keyvault:")):
+        raise SettingsError("BERTH_EVENTGRID_KEY is a reference (env:NAME, file:/path or a Key Vault secret URI)")
     prefix = env.get("BERTH_TABLE_PREFIX", "berth")
     if not prefix.isalnum() or not prefix[:1].isalpha() or len(prefix) > 40:
         raise SettingsError("BERTH_TABLE_PREFIX must be letters and digits, starting with a letter")
@@ -191,6 +233,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         storage_connection_string=env.get("BERTH_STORAGE_CONNECTION_STRING") or None,
         blob_endpoint=blob_endpoint or None,
         table_endpoint=table_endpoint or None,
+        queue_endpoint=queue_endpoint or None,
         managed_identity_client_id=env.get("BERTH_MANAGED_IDENTITY_CLIENT_ID") or None,
         blob_container=env.get("BERTH_BLOB_CONTAINER", "berth"),
         table_prefix=prefix,
@@ -209,8 +252,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_days=_optional_int(env, "BERTH_RETENTION_DAYS", 0, 365),
         retention_margin_override=_optional_int(env, "BERTH_RETENTION_MARGIN_SECONDS", 0, 3600),
         cache_tag_ttl_seconds=_int(env, "BERTH_CACHE_TAG_TTL_SECONDS", 3600, 0, 30 * 24 * 3600),
-        upstream_private_hosts=tuple(h.strip() for h in (env.get("BERTH_UPSTREAM_PRIVATE_HOSTS") or "").split(",")
-                                   if h.strip()),
+        upstream_private_hosts=_hosts_or_ranges(env, "BERTH_UPSTREAM_PRIVATE_HOSTS"),
+        webhooks_ttl_seconds=_int(env, "BERTH_WEBHOOKS_TTL_SECONDS", 10, 0, 3600),
+        event_look_after_seconds=_int(env, "BERTH_EVENT_LOOK_AFTER_SECONDS", 2, 0, 60),
+        event_sweep_age_seconds=_int(env, "BERTH_EVENT_SWEEP_AGE_SECONDS", 60, 1, 3600),
+        event_sweep_seconds=_int(env, "BERTH_EVENT_SWEEP_SECONDS", 60, 1, 3600),
+        events_worker=not env.get("BERTH_EVENTS_WORKER") or _bool(env, "BERTH_EVENTS_WORKER"),
+        webhook_timeout_seconds=_int(env, "BERTH_WEBHOOK_TIMEOUT_SECONDS", 10, 1, 120),
+        webhook_attempts=_int(env, "BERTH_WEBHOOK_ATTEMPTS", 8, 1, 50),
+        webhook_backoff_seconds=_int(env, "BERTH_WEBHOOK_BACKOFF_SECONDS", 10, 0, 3600),
+        webhook_allowed_hosts=_list(env, "BERTH_WEBHOOK_ALLOWED_HOSTS", lower=True),
+        webhook_private_hosts=_hosts_or_ranges(env, "BERTH_WEBHOOK_PRIVATE_HOSTS"),
+        event_log_days=_int(env, "BERTH_EVENT_LOG_DAYS", 7, 1, 365),
+        eventgrid_topic_endpoint=env.get("BERTH_EVENTGRID_TOPIC_ENDPOINT") or None,
+        eventgrid_key=env.get("BERTH_EVENTGRID_KEY") or None,
+        test_event_fault=_choice(env, "BERTH_TEST_EVENT_FAULT", "", ("", "no-message", "crash")),
         auth=_choice(env, "BERTH_AUTH", "none", ("none", "token")),
         local_data_dir=env.get("BERTH_LOCAL_DATA_DIR") or ".berth-data",
         public_url=(env.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -17,10 +18,13 @@ from starlette.responses import Response
 
 from registry.api import acr, blobs, health, imports, listings, manifests, token, uploads
 from registry.api.http import API_VERSION_HEADER, Context, error_response
-from registry.auth import Access, Authorizer
+from registry.auth import Access, Authorizer, Grant
+from registry.auth.audit import client_address
 from registry.oci.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNKNOWN, RegistryError
+from registry.oci.events import RequestInfo
 from registry.oci.names import validate_name
 from registry.storage.errors import storage_failure, unavailable
+from registry.storage.events import current_request
 
 log = logging.getLogger("berth.api")
 
@@ -115,6 +119,12 @@ def wanted_access(request: Request) -> list[Access]:
     return []
 
 
+def _request_info(request: Request, context: Context, grant: Grant | None) -> RequestInfo:
+    return RequestInfo(str(uuid.uuid4()), request.headers.get("host", ""), request.method,
+                       request.headers.get("user-agent", ""), client_address(request, context.settings),
+                       grant.subject if grant is not None else "")
+
+
 class RegistryApi:
     """Routes a Starlette request to its handler; turns every failure into an OCI error."""
 
@@ -160,11 +170,14 @@ class RegistryApi:
             params = {key: value for key, value in match.groupdict().items() if value is not None}
             if "name" in params:
                 validate_name(params["name"])
+            grant = None
             if actions is not None:
                 grant = await self._authorizer.authorize(request, required_access(params, actions),
                                                          wanted_access(request))
                 request.state.grant = grant
             context = await self._context_factory()
+            if request.method not in ("GET", "HEAD"):  # a write's event names its request
+                current_request.set(_request_info(request, context, grant))
             if handler in CLIENT_PACED or handler in OUTLASTS_BUDGET:
                 return await handler(request, context, **params)
             try:

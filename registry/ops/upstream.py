@@ -184,19 +184,26 @@ class GuardedConnector(aiohttp.TCPConnector):
     connects to, so every spelling of an address (numeric, Unicode digits, names, redirects, the
     token realm) meets it, and a name cannot answer differently for the check and the connect."""
 
-    def __init__(self, allowed: Sequence[str], **kwargs: Any):
+    def __init__(self, allowed: Sequence[str], setting: str = "BERTH_UPSTREAM_PRIVATE_HOSTS", **kwargs: Any):
         super().__init__(**kwargs)
-        self._allowed = frozenset(allowed)
+        self._allowed = frozenset(entry for entry in allowed if "/" not in entry)
+        # CIDR entries (`10.20.0.0/16`): a receiver inside the VNet, whatever its name.
+        self._networks = tuple(ipaddress.ip_network(entry, strict=False) for entry in allowed if "/" in entry)
+        self._setting = setting
 
     async def _resolve_host(self, host: str, port: int, traces: Any = None) -> list[Any]:
         answers = await super()._resolve_host(host, port, traces)
         if host in self._allowed or f"{host}:{port}" in self._allowed:
             return answers
         for answer in answers:
-            if private_address(answer["host"]):
+            if private_address(answer["host"]) and not self._in_allowed_network(answer["host"]):
                 raise UpstreamForbidden(f"{host} is or resolves to a private address ({answer['host']}); "
-                                        "BERTH_UPSTREAM_PRIVATE_HOSTS may allow it")
+                                        f"{self._setting} may allow it")
         return answers
+
+    def _in_allowed_network(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        return any(ip.version == network.version and ip in network for network in self._networks)
 
 
 async def read_capped(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:

@@ -9,6 +9,7 @@ import aiohttp
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.data.tables.aio import TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
+from azure.storage.queue.aio import QueueClient
 
 from registry.settings import MiB, Settings
 from registry.storage.point_reads import TablePointReader
@@ -20,11 +21,13 @@ class StorageClients:
     table_service: TableServiceClient
     session: aiohttp.ClientSession
     table_reader: TablePointReader
+    events_queue: QueueClient
     credential: Any = None
 
     async def close(self) -> None:
         await self.blob_service.close()
         await self.table_service.close()
+        await self.events_queue.close()
         if self.credential is not None:
             await self.credential.close()
         await self.session.close()
@@ -46,7 +49,12 @@ def _retries(settings: Settings) -> dict[str, Any]:
         "blob": {"retry_policy": ExponentialRetry(initial_backoff=0.5, increment_base=2, retry_total=1,
                                                   random_jitter_range=0.5)},
         "table": {"retry_total": 1, "retry_backoff_factor": 0.5, "retry_backoff_max": 2},
+        "queue": {"retry_total": 1, "initial_backoff": 0.5, "increment_base": 2},
     }
+
+
+def events_queue_name(settings: Settings) -> str:
+    return f"{settings.table_prefix.lower()}events"
 
 
 def create_clients(settings: Settings) -> StorageClients:
@@ -72,8 +80,10 @@ def create_clients(settings: Settings) -> StorageClients:
         )
         key = table.credential.named_key.key if hasattr(table.credential, "named_key") else None
         reader = TablePointReader(session, table.url, table.account_name, account_key=key)
-        return StorageClients(blob, table, session, reader)
-    if not (settings.blob_endpoint and settings.table_endpoint):
+        queue = QueueClient.from_connection_string(settings.storage_connection_string, events_queue_name(settings),
+                                                   transport=_transport(session, timeout), **retries["queue"])
+        return StorageClients(blob, table, session, reader, queue)
+    if not (settings.blob_endpoint and settings.table_endpoint and settings.queue_endpoint):
         raise ValueError("no storage configured: set BERTH_STORAGE_CONNECTION_STRING or BERTH_STORAGE_ACCOUNT")
     from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
@@ -88,4 +98,6 @@ def create_clients(settings: Settings) -> StorageClients:
     table = TableServiceClient(settings.table_endpoint, credential=credential,
                                transport=_transport(session, timeout), **retries["table"])
     reader = TablePointReader(session, table.url, table.account_name, credential=credential)
-    return StorageClients(blob, table, session, reader, credential)
+    queue = QueueClient(settings.queue_endpoint, events_queue_name(settings), credential=credential,
+                        transport=_transport(session, timeout), **retries["queue"])
+    return StorageClients(blob, table, session, reader, queue, credential)

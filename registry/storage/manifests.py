@@ -35,6 +35,7 @@ from registry.oci.manifest import Manifest, effective_artifact_type, parse_manif
 from registry.storage.blobs import BlobStore
 from registry.storage.content import MANIFEST_PREFIX, ContentStore
 from registry.storage.errors import storage_failure, unavailable
+from registry.storage.events import EventOutbox, PendingEvent
 from registry.storage.locks import (
     MANIFEST_READ_ENABLED,
     Locks,
@@ -153,11 +154,20 @@ def encode_listing(document: Any) -> bytes:
 
 class ManifestStore:
     def __init__(self, content: ContentStore, metadata: MetadataStore, blobs: BlobStore,
-                 locks: RepositoryLocks | None = None):
+                 locks: RepositoryLocks | None = None, events: EventOutbox | None = None):
         self._content = content
         self._metadata = metadata
         self._blobs = blobs
         self.locks = locks or RepositoryLocks(metadata)
+        # Pushes and deletes record their event in their own transaction (events.py).
+        self.events = events
+
+    async def _announce(self, partition: str, derived: bool = False) -> PendingEvent | None:
+        return None if self.events is None or derived else await self.events.prepare(partition)
+
+    def _committed(self, pending: PendingEvent | None) -> None:
+        if self.events is not None:
+            self.events.committed(pending)
 
     async def put(self, repository: str, digest: Digest, body: bytes, manifest: Manifest,
                   tags: Sequence[str] = (), rendition_of: Digest | None = None,
@@ -167,13 +177,14 @@ class ManifestStore:
         is left as it is), and a push of the same bytes by a user takes it away: theirs now.
         `cached_from_upstream`: a pull-through copy (pullthrough.py), whose blobs and children
         are fetched when first pulled, so none is checked; its tags record when upstream was
-        last asked (UPSTREAM_CHECKED)."""
+        last asked (UPSTREAM_CHECKED). Either makes no event: a copy is not a push."""
         partition = repository_key(repository)
-        repository_locks, existing, tag_rows, _ = await asyncio.gather(
+        repository_locks, existing, tag_rows, _, pending = await asyncio.gather(
             self.locks.fresh(repository),
             self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest)),
             self._read_tags(partition, tags),
             _nothing() if cached_from_upstream else self._check_references(repository, manifest),
+            self._announce(partition, derived=cached_from_upstream or rendition_of is not None),
         )
         if rendition_of is None:  # a rendition is derived content, made on a pull
             check_write(repository_locks, f"repository {repository}")
@@ -230,6 +241,13 @@ class ManifestStore:
             if manifest.subject is not None:
                 operations.append(("upsert", self._referrer_row(partition, digest, media_type, len(body), manifest),
                                    {"mode": UpdateMode.REPLACE}))
+            if pending is not None:
+                subject = manifest.subject
+                operations.append(pending.operation(
+                    "push", repository, str(digest), media_type, len(body), tuple(tags),
+                    effective_artifact_type(manifest) if subject or manifest.artifact_type else None,
+                    {"mediaType": subject.media_type, "digest": str(subject.digest), "size": subject.size}
+                    if subject else None))
             stamps = [stamp for stamp in _untag_stamps(partition, digest, tag_rows, references, now)
                       if stamp[1]["RowKey"] not in gone]
             try:
@@ -238,6 +256,7 @@ class ManifestStore:
                 else:  # too many for one transaction: first what retention must see (see _reference_touches)
                     await self._touch_apart(references, stamps)
                     await self._metadata.repos.submit_transaction(operations)
+                self._committed(pending)
                 return
             except TableTransactionError as error:
                 if not _conflict(error):
@@ -366,7 +385,8 @@ class ManifestStore:
         the tags it deleted. `judged`: the row's version retention decided on; a row written
         since (tagged, referenced by a push, locked) or with a tag raises ManifestChanged."""
         partition = repository_key(repository)
-        check_delete(await self.locks.fresh(repository), f"repository {repository}")
+        repository_locks, pending = await asyncio.gather(self.locks.fresh(repository), self._announce(partition))
+        check_delete(repository_locks, f"repository {repository}")
         for _ in range(ATTEMPTS):
             # The row first, then its tags: a push that tags the manifest after the row was read
             # changes the row, so the conditional delete of the row below fails and we look again.
@@ -387,9 +407,17 @@ class ManifestStore:
                                                           f"{REFERRER}{row['subject']}:{digest}")
                 if referrer is not None:
                     operations.append(("delete", referrer, {}))
-            operations.append(("delete", row, _conditional(row)))  # last: in the final batch
+            # The row and the event last, in one transaction: the event is there iff the row went.
+            final: list[tuple[str, Any, dict[str, Any]]] = [("delete", row, _conditional(row))]
+            if pending is not None:
+                final.append(pending.operation("delete", repository, str(digest), row["mediaType"], None))
             try:
-                await self._metadata.transact(self._metadata.repos, operations)
+                if len(operations) + len(final) <= MAX_BATCH:
+                    await self._metadata.repos.submit_transaction(operations + final)
+                else:
+                    await self._metadata.transact(self._metadata.repos, operations)
+                    await self._metadata.repos.submit_transaction(final)
+                self._committed(pending)
                 break
             except TableTransactionError as error:
                 if not _conflict(error):
@@ -438,7 +466,8 @@ class ManifestStore:
         """Delete a tag (If-Match: a tag moved or locked meanwhile is looked at again); its
         manifest's retention clock starts in the same transaction (UNTAGGED)."""
         partition = repository_key(repository)
-        check_delete(await self.locks.fresh(repository), f"repository {repository}")
+        repository_locks, pending = await asyncio.gather(self.locks.fresh(repository), self._announce(partition))
+        check_delete(repository_locks, f"repository {repository}")
         gone: set[str] = set()  # manifests a tag named that are not there: nothing to stamp
         for _ in range(ATTEMPTS):
             row = await self._metadata.read_fast(self._metadata.repos, partition, TAG + tag)
@@ -449,8 +478,12 @@ class ManifestStore:
             if row["digest"] not in gone:
                 operations.append(("update", {"PartitionKey": partition, "RowKey": MANIFEST + row["digest"],
                                               UNTAGGED: datetime.now(UTC)}, {"mode": UpdateMode.MERGE}))
+            if pending is not None:  # beyond ACR, which has no event for a tag delete
+                operations.append(pending.operation("delete", repository, row["digest"], row["mediaType"], None,
+                                                    (tag,)))
             try:
                 await self._metadata.repos.submit_transaction(operations)
+                self._committed(pending)
                 return
             except TableTransactionError as error:
                 if not _conflict(error):

@@ -26,6 +26,7 @@ from registry.storage.clients import StorageClients
 from registry.storage.content import ContentStore
 from registry.storage.credential_sets import CredentialSets
 from registry.storage.errors import unavailable
+from registry.storage.events import DeliveryLog, EventOutbox, EventQueue, Webhooks
 from registry.storage.gc import GarbageCollector
 from registry.storage.locks import Locks, RepositoryLocks, check_delete, locks_of
 from registry.storage.manifests import ManifestStore
@@ -72,7 +73,13 @@ class RegistryStore:
         self.blobs = BlobStore(self.content, self.metadata)
         self.uploads = UploadStore(self.content, self.metadata, settings.upload_ttl_seconds)
         self.locks = RepositoryLocks(self.metadata)
-        self.manifests = ManifestStore(self.content, self.metadata, self.blobs, self.locks)
+        events_table = clients.table_service.get_table_client(f"{settings.table_prefix}events")
+        self.webhooks = Webhooks(self.metadata, settings.webhooks_ttl_seconds)
+        self.events = EventOutbox(self.metadata, events_table, EventQueue(clients.events_queue), self.webhooks,
+                                  always=settings.eventgrid_topic_endpoint is not None,
+                                  look_after=settings.event_look_after_seconds, fault=settings.test_event_fault)
+        self.deliveries = DeliveryLog(events_table, self.metadata)
+        self.manifests = ManifestStore(self.content, self.metadata, self.blobs, self.locks, self.events)
         self.renditions = RenditionStore(self.metadata, self.manifests)
         self.attributes = AttributeStore(self.content, self.metadata, self.blobs, self.manifests)
         self.collector = GarbageCollector(self.content, self.metadata)
@@ -88,6 +95,7 @@ class RegistryStore:
     async def initialize(self) -> None:
         await self.content.ensure_container()
         await self.metadata.ensure_tables()
+        await self.events.ensure()
 
     async def check_ready(self) -> None:
         """Raises unless both storage services answer (the readiness probe)."""

@@ -1,0 +1,283 @@
+"""Delivers recorded events (storage/events.py) to webhooks and to an Event Grid topic.
+
+Work arrives as messages on the events queue, from any instance:
+- `event`: look for an announced event; found, it is fanned out (one `deliver` message per
+  subscriber and event); not yet there, it is looked for again until its write's budget is past.
+- `deliver`: one POST of one event to one subscriber, with a timeout. A failure is retried by a
+  new message made visible after an exponential, jittered delay; after the last attempt the
+  event is dead-lettered: kept in the subscriber's delivery log with its body.
+The sweep (a timer on Azure, a loop in `serve`) takes announced events no message handed on.
+
+Receivers are reached through the SSRF guard of the upstream client: private addresses only
+where BERTH_WEBHOOK_PRIVATE_HOSTS allows them, redirects never followed (3xx is a failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from registry.oci.errors import RegistryError
+from registry.oci.events import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    envelope,
+    ping_event,
+    retry_delay,
+    signature,
+)
+from registry.ops.secrets import SecretReader, SecretUnavailable, key_vault_credential
+from registry.ops.upstream import GuardedConnector, UpstreamForbidden
+from registry.settings import Settings
+from registry.storage.events import EVENT_GRID, Delivery, QueuedMessage, Webhook, record_of
+from registry.storage.registry_store import RegistryStore
+
+EVENT_GRID_SCOPE = "https://eventgrid.azure.net/.default"
+MAX_RESPONSE = 64 * 1024  # of a receiver's answer, read and dropped
+BATCH = 16  # messages a `serve` worker takes at once
+POISON_AFTER = 5  # a message that failed this often is dropped (the Functions host: its poison queue)
+
+log = logging.getLogger("berth.events")
+
+
+@dataclass
+class SweepReport:
+    handed_on: int = 0
+    abandoned: int = 0
+    pruned: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.handed_on} events handed on, {self.abandoned} announcements of writes that never "
+                f"happened dropped, {self.pruned} old delivery records pruned")
+
+
+def deliver_message(webhook: str, event: dict[str, Any], attempt: int) -> dict[str, Any]:
+    return {"kind": "deliver", "webhook": webhook, "event": event, "attempt": attempt}
+
+
+class EventDispatcher:
+    def __init__(self, store: RegistryStore, settings: Settings):
+        self._store = store
+        self._settings = settings
+        self._identity = key_vault_credential(settings.managed_identity_client_id)
+        self._session: aiohttp.ClientSession | None = None
+        self._token: tuple[float, str] | None = None  # Event Grid: (expires, bearer token)
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            allowed = list(self._settings.webhook_private_hosts)
+            if self._settings.eventgrid_topic_endpoint:  # the operator's own topic, maybe a private endpoint
+                allowed.append(urlsplit(self._settings.eventgrid_topic_endpoint).hostname or "")
+            self._session = aiohttp.ClientSession(
+                connector=GuardedConnector(allowed, setting="BERTH_WEBHOOK_PRIVATE_HOSTS", limit=64),
+                trust_env=False, timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout_seconds))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self._identity.close()
+
+    # --- queue messages ------------------------------------------------------------------
+
+    async def handle(self, body: dict[str, Any]) -> None:
+        """One queue message; raises to have it retried (the queue makes it visible again)."""
+        kind = body.get("kind")
+        if kind == "event":
+            await self._look(body)
+        elif kind == "deliver":
+            await self._deliver(body)
+        else:
+            log.error("dropping an events message of unknown kind %.40r", kind)
+
+    async def _look(self, body: dict[str, Any]) -> None:
+        outbox = self._store.events
+        partition, event_id, look = body["partition"], body["event"], int(body.get("look", 1))
+        row = await outbox.find(partition, event_id)
+        if row is not None:
+            await self.fan_out(partition, row)
+            return
+        announced = datetime.fromisoformat(body["announced"])
+        if datetime.now(UTC) - announced < self._write_window():  # the write may still land
+            await outbox.queue.send({**body, "look": look + 1}, delay=min(2 ** look, 30))
+        else:
+            await outbox.abandon(event_id)
+
+    def _write_window(self) -> timedelta:
+        """How long after its announcement a write may still commit: its budget, plus slack."""
+        return timedelta(seconds=self._settings.request_budget_seconds + 30)
+
+    async def fan_out(self, partition: str, row: dict[str, Any]) -> None:
+        """Hand a recorded event to every subscriber that wants it, then forget the record."""
+        record = record_of(row)
+        subscribers = await self._subscribers()
+        sends = [self._store.events.queue.send(deliver_message(hook.name, event, 1))
+                 for event in record.events() for hook in subscribers
+                 if hook.wants(record.action, record.repository, event["target"].get("tag"))]
+        await asyncio.gather(*sends)
+        await self._store.events.done(partition, record.id)
+
+    async def _subscribers(self) -> list[Webhook]:
+        hooks = [hook for hook in await self._store.webhooks.list() if hook.enabled]
+        if self._settings.eventgrid_topic_endpoint:
+            hooks.append(Webhook(EVENT_GRID, self._settings.eventgrid_topic_endpoint, schema="eventgrid"))
+        return hooks
+
+    async def _subscriber(self, name: str) -> Webhook | None:
+        if name == EVENT_GRID:
+            endpoint = self._settings.eventgrid_topic_endpoint
+            return Webhook(EVENT_GRID, endpoint, schema="eventgrid") if endpoint else None
+        try:
+            return await self._store.webhooks.get(name)
+        except RegistryError:  # deleted since the event was fanned out
+            return None
+
+    async def _deliver(self, body: dict[str, Any]) -> None:
+        name, event, attempt = body["webhook"], body["event"], int(body.get("attempt", 1))
+        target = event.get("target") or {}
+        hook = await self._subscriber(name)
+
+        def entry(outcome: str, status: int | None, milliseconds: int, error: str = "", payload: str = "") -> Delivery:
+            return Delivery(name, event["id"], event.get("action", ""), target.get("repository", ""),
+                            target.get("tag", ""), target.get("digest", ""), attempt, outcome, status, milliseconds,
+                            error, payload=payload)
+
+        if hook is None or not hook.enabled:
+            await self._store.deliveries.record(entry("skipped", None, 0, "the webhook is gone or disabled"))
+            return
+        status, milliseconds, error = await self.post(hook, event)
+        if status is not None and 200 <= status < 300:
+            await self._store.deliveries.record(entry("delivered", status, milliseconds))
+        elif attempt < self._settings.webhook_attempts:
+            delay = retry_delay(attempt, self._settings.webhook_backoff_seconds)
+            await self._store.events.queue.send(deliver_message(name, event, attempt + 1), delay=delay)
+            await self._store.deliveries.record(entry("retrying", status, milliseconds, error))
+        else:
+            await self._store.deliveries.record(entry("dead-lettered", status, milliseconds, error,
+                                                      payload=json.dumps(event)))
+            log.warning("webhook %s: event %s dead-lettered after %d attempts (%s)", name, event["id"],
+                        attempt, error or f"HTTP {status}")
+
+    async def post(self, hook: Webhook, event: dict[str, Any]) -> tuple[int | None, int, str]:
+        """POST one event: (HTTP status or None, milliseconds, what went wrong)."""
+        source = self._settings.public_url or f"https://{(event.get('request') or {}).get('host') or 'berth'}"
+        document, content_type = envelope(event, hook.schema, source)
+        data = json.dumps(document, separators=(",", ":")).encode()
+        started = time.monotonic()
+        try:
+            headers = await self._headers(hook, event, data, content_type)
+            async with self._http().post(hook.uri, data=data, headers=headers, allow_redirects=False) as response:
+                await response.content.read(MAX_RESPONSE)
+                status = response.status
+        except SecretUnavailable as error:
+            return None, 0, f"a secret cannot be read: {error}"
+        except UpstreamForbidden as error:
+            return None, 0, str(error)
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            return None, _since(started), f"{type(error).__name__}: {error}"[:300]
+        milliseconds = _since(started)
+        if 300 <= status < 400:
+            return status, milliseconds, "redirects are not followed"
+        return status, milliseconds, "" if 200 <= status < 300 else f"HTTP {status}"
+
+    async def _headers(self, hook: Webhook, event: dict[str, Any], data: bytes, content_type: str) -> dict[str, str]:
+        reader = SecretReader(self._http(), self._identity)
+        headers = {"Content-Type": content_type, "User-Agent": "Berth-Webhook/1.0", DELIVERY_HEADER: event["id"]}
+        for name, value in hook.headers.items():  # the webhook's own, as ACR: they may replace ours
+            headers[name] = await reader.read(value) if value.startswith(("env:", "file:", "keyvault:")) else value
+        if hook.secret:
+            timestamp = str(int(time.time()))
+            headers[TIMESTAMP_HEADER] = timestamp
+            headers[SIGNATURE_HEADER] = signature(await reader.read(hook.secret), timestamp, data)
+        if hook.name == EVENT_GRID:
+            if self._settings.eventgrid_key:
+                headers["aeg-sas-key"] = await reader.read(self._settings.eventgrid_key)
+            else:
+                headers["Authorization"] = f"Bearer {await self._event_grid_token()}"
+        return headers
+
+    async def _event_grid_token(self) -> str:
+        if self._token is None or self._token[0] < time.time() + 300:
+            credential = await self._identity()
+            token = await credential.get_token(EVENT_GRID_SCOPE)
+            self._token = (token.expires_on, token.token)
+        return self._token[1]
+
+    async def ping(self, hook: Webhook) -> Delivery:
+        """`webhook ping`: one ping event, now, recorded in the delivery log as any delivery."""
+        event = ping_event(datetime.now(UTC), urlsplit(self._settings.public_url or "https://berth").netloc)
+        status, milliseconds, error = await self.post(hook, event)
+        outcome = "delivered" if status is not None and 200 <= status < 300 else "failed"
+        delivery = Delivery(hook.name, event["id"], "ping", "", "", "", 1, outcome, status, milliseconds, error)
+        await self._store.deliveries.record(delivery)
+        return delivery
+
+    # --- the sweep and the local worker --------------------------------------------------
+
+    async def sweep(self) -> SweepReport:
+        """Hand on announced events older than the sweep age; drop announcements of writes that
+        never happened; prune delivery logs past BERTH_EVENT_LOG_DAYS."""
+        report = SweepReport()
+        outbox = self._store.events
+        age = timedelta(seconds=self._settings.event_sweep_age_seconds)
+        async for partition, event_id, written in outbox.intents(age):
+            row = await outbox.find(partition, event_id)
+            if row is not None:
+                await self.fan_out(partition, row)
+                report.handed_on += 1
+            elif datetime.now(UTC) - written > self._write_window():
+                await outbox.abandon(event_id)
+                report.abandoned += 1
+        for name in await self._store.deliveries.partitions():
+            report.pruned += await self._store.deliveries.prune(name, timedelta(days=self._settings.event_log_days))
+        return report
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """`serve`'s worker: take messages from the queue until `stop`; sweep now and then."""
+        queue = self._store.events.queue
+        invisible_for = 2 * self._settings.webhook_timeout_seconds + 30
+        next_sweep = time.monotonic() + self._settings.event_sweep_seconds
+        while not stop.is_set():
+            try:
+                messages = await queue.receive(BATCH, invisible_for)
+                await asyncio.gather(*(self._process(message) for message in messages))
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self._settings.event_sweep_seconds
+                    report = await self.sweep()
+                    if report.handed_on or report.abandoned:
+                        log.info("event sweep: %s", report.summary())
+                if messages:
+                    continue
+            except Exception as error:  # storage away: try again shortly
+                log.warning("the events worker failed a round: %r", error)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+    async def _process(self, message: QueuedMessage) -> None:
+        try:
+            await self.handle(message.body)
+        except Exception:
+            if message.dequeue_count < POISON_AFTER:
+                log.warning("events message failed (attempt %d); it comes back", message.dequeue_count,
+                            exc_info=True)
+                return
+            log.exception("events message dropped after %d attempts: %.500s", message.dequeue_count,
+                          json.dumps(message.body))
+        await self._store.events.queue.delete(message)
+
+
+def _since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
