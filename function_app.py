@@ -69,3 +69,18 @@ async def collect_garbage(timer: func.TimerRequest) -> None:
     """Daily: delete blob bytes no repository links to any more (README, "Garbage collection")."""
     report = await berth.collect_garbage()
     logging.info("garbage collection: %s", report.summary())
+
+
+@app.queue_trigger(arg_name="message", queue_name="%BERTH_EVENTS_QUEUE%", connection="BERTH_EVENTS")
+async def deliver_events(message: func.QueueMessage) -> None:
+    """Events (README, "Events and webhooks"): look for an announced event and fan it out, or
+    deliver one event to one webhook. An exception has the host retry the message (5 times)."""
+    await berth.handle_event_message(message.get_body())
+
+
+@app.timer_trigger(schedule="0 * * * * *", arg_name="timer", run_on_startup=False)
+async def sweep_events(timer: func.TimerRequest) -> None:
+    """Every minute: events no queue message handed on (a crash, a lost message), and old delivery logs."""
+    report = await berth.sweep_events()
+    if report.handed_on or report.abandoned:
+        logging.info("event sweep: %s", report.summary())

@@ -85,6 +85,12 @@ param logRetentionDays int = 30
 @maxValue(365)
 param untaggedRetentionDays int = -1
 param softDeleteDays int = 7
+
+@description('Publish ImagePushed / ImageDeleted events to a new Event Grid topic (private endpoint, Entra only). Webhooks need nothing here: `python -m registry webhook create`.')
+param eventGridTopic bool = false
+
+@description('Hosts or CIDR ranges on private addresses that webhooks may call (BERTH_WEBHOOK_PRIVATE_HOSTS), e.g. a deploy service in the VNet: 10.40.0.0/16.')
+param webhookPrivateHosts string = ''
 param tags object = {
   application: 'berth'
 }
@@ -221,6 +227,38 @@ resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (
   }
 }
 
+module eventGrid 'modules/eventgrid.bicep' = if (eventGridTopic) {
+  name: 'eventgrid'
+  params: {
+    location: location
+    name: '${appName}-events'
+    identityPrincipalId: identity.properties.principalId
+    tags: tags
+  }
+}
+
+module eventGridZone 'modules/private-dns.bicep' = if (eventGridTopic) {
+  name: 'dns-eventgrid'
+  params: {
+    zoneName: 'privatelink.eventgrid.azure.net'
+    vnetId: network.outputs.vnetId
+    tags: tags
+  }
+}
+
+module eventGridEndpoint 'modules/private-endpoint.bicep' = if (eventGridTopic) {
+  name: 'pe-eventgrid'
+  params: {
+    location: location
+    name: '${appName}-events-pe'
+    subnetId: network.outputs.privateEndpointSubnetId
+    targetId: eventGrid.outputs.id
+    groupId: 'topic'
+    dnsZoneId: eventGridZone.outputs.zoneId
+    tags: tags
+  }
+}
+
 // Token auth cannot start without a key every instance shares: refuse the deployment without one.
 var signingKeySetting = empty(keyVaultName) ? tokenSigningKey : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${signingKeySecretName})'
 
@@ -268,6 +306,13 @@ module functionApp 'modules/functionapp.bicep' = {
       BERTH_RETENTION_DAYS: untaggedRetentionDays < 0 ? '' : string(untaggedRetentionDays)
       // The platform's front end appends the caller's address to X-Forwarded-For (failed-login limits).
       BERTH_TRUSTED_PROXY_HOPS: '1'
+      // Events: the queue trigger's identity-based connection and queue (storage/events.py).
+      BERTH_EVENTS__queueServiceUri: 'https://${storageName}.queue.${storageSuffix}'
+      BERTH_EVENTS__credential: 'managedidentity'
+      BERTH_EVENTS__clientId: identity.properties.clientId
+      BERTH_EVENTS_QUEUE: '${tablePrefix}events'
+      BERTH_EVENTGRID_TOPIC_ENDPOINT: eventGridTopic ? eventGrid.outputs.endpoint : ''
+      BERTH_WEBHOOK_PRIVATE_HOSTS: webhookPrivateHosts
     }
     tags: tags
   }

@@ -45,8 +45,83 @@ def test_declares_anonymous_catch_all_routes(function_module: Any) -> None:
     assert collector["type"] == "timerTrigger" and collector["schedule"] == "0 29 3 * * *"
     retention = functions["apply_retention"]["bindings"][0]  # daily, before the collection
     assert retention["type"] == "timerTrigger" and retention["schedule"] == "0 5 3 * * *"
+    events = functions["deliver_events"]["bindings"][0]  # the queue the app's outbox writes to
+    assert events["type"] == "queueTrigger" and events["queueName"] == "%BERTH_EVENTS_QUEUE%"
+    assert events["connection"] == "BERTH_EVENTS"
+    sweep = functions["sweep_events"]["bindings"][0]
+    assert sweep["type"] == "timerTrigger" and sweep["schedule"] == "0 * * * * *"
     with open(os.path.join(os.path.dirname(function_module.__file__), "host.json")) as host:
-        assert json.load(host)["extensions"]["http"]["routePrefix"] == ""
+        extensions = json.load(host)["extensions"]
+        assert extensions["http"]["routePrefix"] == ""
+        assert extensions["queues"]["messageEncoding"] == "base64"  # as EventQueue.send encodes
+
+
+def test_events_flow_through_the_queue_trigger(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A push through the HTTP function announces its event; the queue trigger, fed what the host
+    would hand it (the message's decoded bytes), delivers it to a webhook."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import azure.functions as func
+    from azure.storage.queue import QueueClient
+
+    received: list[dict[str, Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    for key, value in {"BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string, "BERTH_BLOB_CONTAINER": "berthfn",
+                       "BERTH_TABLE_PREFIX": "berthfn", "BERTH_WEBHOOK_PRIVATE_HOSTS": "127.0.0.1",
+                       "BERTH_EVENT_LOOK_AFTER_SECONDS": "0"}.items():
+        monkeypatch.setenv(key, value)
+    sys.modules.pop("function_app", None)
+    module = importlib.import_module("function_app")
+    queue = QueueClient.from_connection_string(azurite.connection_string, "berthfnevents")
+    config = b"{}"
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                                      "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": 2},
+                           "layers": []}).encode()
+
+    async def scenario() -> None:
+        from registry.storage.events import Webhook
+
+        try:
+            store = (await module.berth.context()).store
+            await store.webhooks.create(Webhook("fnhook", f"http://127.0.0.1:{receiver.server_port}/"), ())
+            status, _, _ = await call(module, "POST", "/v2/fn/events/blobs/uploads/", config,
+                                      "digest=sha256:" + hashlib.sha256(config).hexdigest())
+            assert status == 201
+            status, headers, _ = await call(module, "PUT", "/v2/fn/events/manifests/v1", manifest, "",
+                                            {"content-type": "application/vnd.oci.image.manifest.v1+json"})
+            assert status == 201
+            for _ in range(50):  # the host's part: take each message, decode it, call the function
+                for message in queue.receive_messages(max_messages=16, visibility_timeout=30):
+                    body = base64.b64decode(message.content)
+                    await module.deliver_events(func.QueueMessage(body=body))
+                    queue.delete_message(message)
+                if received:
+                    break
+                await asyncio.sleep(0.2)
+            assert [event["target"]["tag"] for event in received] == ["v1"]
+            assert received[0]["target"]["digest"] == headers["docker-content-digest"]
+            await module.sweep_events(None)
+            from datetime import timedelta
+            assert [intent async for intent in store.events.intents(timedelta(0))] == []  # nothing left announced
+        finally:
+            await module.berth.close()
+            receiver.shutdown()
+
+    asyncio.run(scenario())
 
 
 async def call(function_module: Any, method: str, path: str, body: bytes = b"", query: str = "",
