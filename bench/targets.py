@@ -32,7 +32,7 @@ class Target:
 
 
 def start_berth(azurite: Azurite, delivery: str, log: Path, root: Path = PROJECT_ROOT,
-                log_level: str = "warning", access_log: bool = False) -> Target:
+                log_level: str = "warning", access_log: bool = False, **settings: str) -> Target:
     """Berth serving from the checkout at `root` (this one by default) on a free loopback port."""
     port = free_port()
     env = {
@@ -40,6 +40,7 @@ def start_berth(azurite: Azurite, delivery: str, log: Path, root: Path = PROJECT
         "BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
         "BERTH_BLOB_DELIVERY": delivery,
         "BERTH_AUTH": "none",
+        **settings,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "registry", "serve", "--host", "127.0.0.1", "--port", str(port),

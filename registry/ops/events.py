@@ -118,34 +118,42 @@ class EventDispatcher:
         return timedelta(seconds=self._settings.request_budget_seconds + 30)
 
     async def fan_out(self, partition: str, row: dict[str, Any]) -> None:
-        """Hand a recorded event to every subscriber that wants it, then forget the record."""
+        """Hand a recorded event to every subscriber that wants it, then forget the record.
+
+        The first attempts are made here, at once; only failures go back on the queue (a retry
+        message each). A crash before `done` makes the event's message come back: subscribers
+        that had it get it again (at least once)."""
         record = record_of(row)
         subscribers = await self._subscribers()
-        sends = [self._store.events.queue.send(deliver_message(hook.name, event, 1))
-                 for event in record.events() for hook in subscribers
-                 if hook.wants(record.action, record.repository, event["target"].get("tag"))]
-        await asyncio.gather(*sends)
+        await asyncio.gather(*(self._attempt(hook.name, hook, event, 1)
+                               for event in record.events() for hook in subscribers
+                               if hook.wants(record.action, record.repository, event["target"].get("tag"))))
         await self._store.events.done(partition, record.id)
 
     async def _subscribers(self) -> list[Webhook]:
-        hooks = [hook for hook in await self._store.webhooks.list() if hook.enabled]
+        """Enabled webhooks as of BERTH_WEBHOOKS_TTL_SECONDS ago, and the Event Grid topic."""
+        hooks = [hook for hook in await self._store.webhooks.current() if hook.enabled]
         if self._settings.eventgrid_topic_endpoint:
             hooks.append(Webhook(EVENT_GRID, self._settings.eventgrid_topic_endpoint, schema="eventgrid"))
         return hooks
 
     async def _subscriber(self, name: str) -> Webhook | None:
+        """A retry's webhook as it is now: gone or disabled since, the retry is skipped."""
         if name == EVENT_GRID:
             endpoint = self._settings.eventgrid_topic_endpoint
             return Webhook(EVENT_GRID, endpoint, schema="eventgrid") if endpoint else None
         try:
             return await self._store.webhooks.get(name)
-        except RegistryError:  # deleted since the event was fanned out
+        except RegistryError:
             return None
 
     async def _deliver(self, body: dict[str, Any]) -> None:
         name, event, attempt = body["webhook"], body["event"], int(body.get("attempt", 1))
+        await self._attempt(name, await self._subscriber(name), event, attempt)
+
+    async def _attempt(self, name: str, hook: Webhook | None, event: dict[str, Any], attempt: int) -> None:
+        """One POST of one event; a failure is queued again after a backoff, or dead-lettered."""
         target = event.get("target") or {}
-        hook = await self._subscriber(name)
 
         def entry(outcome: str, status: int | None, milliseconds: int, error: str = "", payload: str = "") -> Delivery:
             return Delivery(name, event["id"], event.get("action", ""), target.get("repository", ""),

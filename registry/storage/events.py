@@ -18,6 +18,7 @@ the catalog, partition `webhook`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -33,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
@@ -310,14 +311,20 @@ class EventOutbox:
         if not self._always and not any(hook.enabled for hook in await self.webhooks.current()):
             return None
         pending = PendingEvent(uuid.uuid4().hex, partition)
-        await self.table.upsert_entity({"PartitionKey": PENDING, "RowKey": pending.id, "partition": partition})
+        # Both at once (a message found before its event looks again; see ops/events.py). The row
+        # must be written: without it a crash could lose the event. The message only saves time.
+        await asyncio.gather(
+            self.table.upsert_entity({"PartitionKey": PENDING, "RowKey": pending.id, "partition": partition}),
+            self._announce(pending))
+        return pending
+
+    async def _announce(self, pending: PendingEvent) -> None:
         if self._fault:
-            return pending
+            return
         try:
             await self.queue.send(look_message(pending.partition, pending.id, 1), delay=self._look_after)
         except Exception as error:  # the intent row stands: the sweep finds the event
             log.warning("event %s announced without a queue message: %r", pending.id, error)
-        return pending
 
     def committed(self, pending: PendingEvent | None) -> None:
         """Called once the write that holds the event is durable (tests crash here)."""
@@ -329,13 +336,14 @@ class EventOutbox:
         return await self._metadata.get(self._metadata.repos, partition, EVENT + event_id)
 
     async def done(self, partition: str, event_id: str) -> None:
-        """The event is handed to every subscriber's delivery: its row and intent go."""
-        await self._metadata.delete(self._metadata.repos, partition, EVENT + event_id)
-        await self._metadata.delete(self.table, PENDING, event_id)
+        """The event is handed to every subscriber's delivery: its row, then its intent, go
+        (unconditionally: neither is ever rewritten)."""
+        await _delete(self._metadata.repos, partition, EVENT + event_id)
+        await _delete(self.table, PENDING, event_id)
 
     async def abandon(self, event_id: str) -> None:
         """An intent whose write never happened (its request budget is long past)."""
-        await self._metadata.delete(self.table, PENDING, event_id)
+        await _delete(self.table, PENDING, event_id)
 
     async def intents(self, older_than: timedelta) -> AsyncIterator[tuple[str, str, datetime]]:
         """(partition, event id, written) of intents older than `older_than`."""
@@ -343,6 +351,13 @@ class EventOutbox:
         async for row in self._metadata.scan(self.table, PENDING, "", extra_filter=" and Timestamp lt @cutoff",
                                              parameters={"cutoff": cutoff}):
             yield row["partition"], row["RowKey"], row.metadata["timestamp"]
+
+
+async def _delete(table: TableClient, partition: str, row: str) -> None:
+    try:
+        await table.delete_entity(partition, row)
+    except ResourceNotFoundError:
+        pass
 
 
 def look_message(partition: str, event_id: str, attempt: int) -> dict[str, Any]:

@@ -388,3 +388,28 @@ def _key(event: dict[str, Any]) -> tuple[str, str, str | None]:
 
 def _manifest_of(client: httpx.Client, repo: str, digest: str) -> bytes:
     return client.get(f"/v2/{repo}/manifests/{digest}", headers={"Accept": OCI_MANIFEST}).content
+
+
+def test_every_event_is_published_to_the_event_grid_topic(azurite: Azurite, receiver: Receiver,
+                                                          tmp_path: Path) -> None:
+    """BERTH_EVENTGRID_TOPIC_ENDPOINT: every write, no webhook needed, in Event Grid's schema, with
+    the topic's access key from its reference (on Azure: the managed identity's token instead)."""
+    settings = {**SETTINGS, "BERTH_TABLE_PREFIX": "berthegt", "BERTH_BLOB_CONTAINER": "berthegt",
+                "BERTH_EVENTGRID_TOPIC_ENDPOINT": receiver.url + "/eventgrid/ok",
+                "BERTH_EVENTGRID_KEY": "env:TOPIC_KEY", "TOPIC_KEY": "k3y"}
+    instance = start_server(azurite, tmp_path, **settings)
+    try:
+        with httpx.Client(base_url=instance.url, timeout=30) as client:
+            digest, body = push_image(client, "grid/app", "v1")
+            assert client.delete(f"/v2/grid/app/manifests/{digest}").status_code == 202
+        arrived = receiver.wait_for("/eventgrid/ok", 2)
+    finally:
+        stop_server(instance)
+    published = {item.event[0]["eventType"]: (item.event, item.headers) for item in arrived}
+    [pushed], headers = published["Microsoft.ContainerRegistry.ImagePushed"]
+    assert headers["aeg-sas-key"] == "k3y" and headers["Content-Type"] == "application/json"
+    assert pushed["subject"] == "grid/app:v1" and pushed["dataVersion"] == "1.0"
+    assert pushed["data"]["target"] == {"mediaType": OCI_MANIFEST, "size": len(body), "digest": digest,
+                                        "length": len(body), "repository": "grid/app", "tag": "v1"}
+    [deleted], _ = published["Microsoft.ContainerRegistry.ImageDeleted"]
+    assert deleted["data"]["target"]["digest"] == digest and deleted["data"]["action"] == "delete"
