@@ -408,6 +408,7 @@ def webhook_command(args: argparse.Namespace) -> int:
                 print(json.dumps((await hooks.get(args.name)).document(), indent=2))
             elif args.action == "delete":
                 await hooks.delete(args.name)
+                await ctx.store.deliveries.prune(args.name, timedelta(0))
                 print(f"berth: webhook {args.name} deleted")
             elif args.action == "ping":
                 dispatcher = EventDispatcher(ctx.store, ctx.settings)
@@ -462,8 +463,10 @@ def _webhook_parser(commands: Any) -> None:
         command = actions.add_parser(action, help="define a webhook" if action == "create" else "change a webhook")
         command.add_argument("name", help="5-50 letters and digits")
         command.add_argument("--uri", required=action == "create", help="where events are POSTed (http or https)")
-        command.add_argument("--actions", nargs="+", choices=["push", "delete"],
-                             default=["push", "delete"] if action == "create" else None)
+        command.add_argument("--actions", nargs="+", choices=["push", "delete", "untag"],
+                             default=["push", "delete"] if action == "create" else None,
+                             help="push, delete (a manifest; ACR's two, the default) and untag (a tag deleted, "
+                                  "its manifest kept; Berth's own)")
         command.add_argument("--scope", help="repository[:tag] with * wildcards, e.g. 'team/*:*'; empty: everything")
         command.add_argument("--header", action="append", metavar="NAME=VALUE",
                              help="a header sent with every event; a value env:NAME, file:/path or keyvault:https://"

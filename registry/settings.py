@@ -226,6 +226,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("BERTH_ENTRA_TENANT_ID needs BERTH_ENTRA_AUDIENCE (the registry app's id / ID URI)")
     if env.get("BERTH_EVENTGRID_KEY") and not env["BERTH_EVENTGRID_KEY"].startswith(("env:", "file:", "keyvault:")):
         raise SettingsError("BERTH_EVENTGRID_KEY is a reference (env:NAME, file:/path or a Key Vault secret URI)")
+    topic = env.get("BERTH_EVENTGRID_TOPIC_ENDPOINT") or ""
+    if topic and not topic.startswith("https://") and not _bool(env, "BERTH_EVENTGRID_ALLOW_HTTP"):
+        raise SettingsError("BERTH_EVENTGRID_TOPIC_ENDPOINT must be https:// (its key or token goes with every event)")
     prefix = env.get("BERTH_TABLE_PREFIX", "berth")
     if not prefix.isalnum() or not prefix[:1].isalpha() or len(prefix) > 40:
         raise SettingsError("BERTH_TABLE_PREFIX must be letters and digits, starting with a letter")

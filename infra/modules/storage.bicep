@@ -116,6 +116,7 @@ resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-
   'digests'
   'catalog'
   'auth'
+  'events'
 ]: {
   parent: tableService
   name: '${tablePrefix}${table}'
@@ -124,6 +125,12 @@ resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-
 resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
   parent: account
   name: 'default'
+}
+
+// Events to deliver (storage/events.py); the Functions host adds `<name>-poison` when it gives up.
+resource eventsQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: '${tablePrefix}events'
 }
 
 output id string = account.id

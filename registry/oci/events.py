@@ -3,9 +3,10 @@ envelopes around it, webhook scope filters, the delivery signature and the retry
 
 Pure data in, pure data out: storage/events.py records what happened, ops/events.py delivers.
 The payload follows ACR's webhook reference: `push` carries the target's size, length and tag;
-`delete` (a manifest or a whole repository) carries mediaType, digest and repository only.
-Beyond ACR: a tag delete is a `delete` whose target names the tag (only the tag went), and a
-referrer's push carries its `artifactType` and `subject`.
+`delete` (a manifest, or each manifest of a deleted repository) carries mediaType, digest and
+repository only. Beyond ACR: `untag` (a tag deleted, its manifest stays; ACR sends nothing, and
+a receiver that reads every `delete` as "manifest gone" must not see it), delivered only to
+webhooks that ask for it; and a referrer's push carries its `artifactType` and `subject`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-PUSH, DELETE, PING = "push", "delete", "ping"
-ACTIONS = (PUSH, DELETE)
+PUSH, DELETE, UNTAG, PING = "push", "delete", "untag", "ping"
+ACTIONS = (PUSH, DELETE, UNTAG)
+DEFAULT_ACTIONS = (PUSH, DELETE)  # ACR's
 SCHEMAS = ("acr", "eventgrid", "cloudevents")
 EVENT_TYPES = {PUSH: "Microsoft.ContainerRegistry.ImagePushed", DELETE: "Microsoft.ContainerRegistry.ImageDeleted",
-               PING: "Berth.Registry.Ping"}
+               UNTAG: "Berth.Registry.ImageUntagged", PING: "Berth.Registry.Ping"}
 # Every event id is derived from its record's id and tag, so a redelivery carries the same id.
 _IDS = uuid.UUID("5d0c3b8e-4f5a-4d59-9a8f-2b1e6c7d9e10")
 SIGNATURE_HEADER = "X-Berth-Signature-256"

@@ -38,13 +38,25 @@ from registry.oci.events import (
 from registry.ops.secrets import SecretReader, SecretUnavailable, key_vault_credential
 from registry.ops.upstream import GuardedConnector, UpstreamForbidden
 from registry.settings import Settings
-from registry.storage.events import EVENT_GRID, Delivery, QueuedMessage, Webhook, record_of
+from registry.storage.events import (
+    EVENT_GRID,
+    REFERENCE_PREFIXES,
+    RESERVED_HEADERS,
+    Delivery,
+    Intent,
+    QueuedMessage,
+    Webhook,
+    header_value_ok,
+    host_allowed,
+    record_of,
+)
 from registry.storage.registry_store import RegistryStore
 
 EVENT_GRID_SCOPE = "https://eventgrid.azure.net/.default"
 MAX_RESPONSE = 64 * 1024  # of a receiver's answer, read and dropped
 BATCH = 16  # messages a `serve` worker takes at once
 POISON_AFTER = 5  # a message that failed this often is dropped (the Functions host: its poison queue)
+PRUNE_SECONDS = 3600
 
 log = logging.getLogger("berth.events")
 
@@ -53,11 +65,13 @@ log = logging.getLogger("berth.events")
 class SweepReport:
     handed_on: int = 0
     abandoned: int = 0
+    dead_lettered: int = 0
     pruned: int = 0
 
     def summary(self) -> str:
         return (f"{self.handed_on} events handed on, {self.abandoned} announcements of writes that never "
-                f"happened dropped, {self.pruned} old delivery records pruned")
+                f"happened fenced off, {self.dead_lettered} deliveries taken from the poison queue, "
+                f"{self.pruned} old delivery records pruned")
 
 
 def deliver_message(webhook: str, event: dict[str, Any], attempt: int) -> dict[str, Any]:
@@ -71,6 +85,7 @@ class EventDispatcher:
         self._identity = key_vault_credential(settings.managed_identity_client_id)
         self._session: aiohttp.ClientSession | None = None
         self._token: tuple[float, str] | None = None  # Event Grid: (expires, bearer token)
+        self._next_prune = 0.0
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -104,17 +119,18 @@ class EventDispatcher:
         outbox = self._store.events
         partition, event_id, look = body["partition"], body["event"], int(body.get("look", 1))
         row = await outbox.find(partition, event_id)
+        if row is None:
+            announced = datetime.fromisoformat(body["announced"])
+            if datetime.now(UTC) - announced < self._write_window():  # the write may still land
+                await outbox.queue.send({**body, "look": look + 1}, delay=min(2 ** look, 30))
+                return
+            row = await outbox.abandon(partition, event_id)  # fenced: a late write now fails
         if row is not None:
             await self.fan_out(partition, row)
-            return
-        announced = datetime.fromisoformat(body["announced"])
-        if datetime.now(UTC) - announced < self._write_window():  # the write may still land
-            await outbox.queue.send({**body, "look": look + 1}, delay=min(2 ** look, 30))
-        else:
-            await outbox.abandon(event_id)
 
     def _write_window(self) -> timedelta:
-        """How long after its announcement a write may still commit: its budget, plus slack."""
+        """How long after its announcement a write usually commits: its budget, plus slack. A
+        write later than that is not lost: `abandon` makes it fail (and its client retry)."""
         return timedelta(seconds=self._settings.request_budget_seconds + 30)
 
     async def fan_out(self, partition: str, row: dict[str, Any]) -> None:
@@ -167,9 +183,11 @@ class EventDispatcher:
         if status is not None and 200 <= status < 300:
             await self._store.deliveries.record(entry("delivered", status, milliseconds))
         elif attempt < self._settings.webhook_attempts:
+            # The record first: if the retry's message fails, this message comes back, and the
+            # record is written again (harmless); the other way round, retries could multiply.
+            await self._store.deliveries.record(entry("retrying", status, milliseconds, error))
             delay = retry_delay(attempt, self._settings.webhook_backoff_seconds)
             await self._store.events.queue.send(deliver_message(name, event, attempt + 1), delay=delay)
-            await self._store.deliveries.record(entry("retrying", status, milliseconds, error))
         else:
             await self._store.deliveries.record(entry("dead-lettered", status, milliseconds, error,
                                                       payload=json.dumps(event)))
@@ -178,9 +196,11 @@ class EventDispatcher:
 
     async def post(self, hook: Webhook, event: dict[str, Any]) -> tuple[int | None, int, str]:
         """POST one event: (HTTP status or None, milliseconds, what went wrong)."""
-        source = self._settings.public_url or f"https://{(event.get('request') or {}).get('host') or 'berth'}"
-        document, content_type = envelope(event, hook.schema, source)
+        document, content_type = envelope(event, hook.schema, self._settings.public_url or "berth")
         data = json.dumps(document, separators=(",", ":")).encode()
+        host = urlsplit(hook.uri).hostname or ""
+        if hook.name != EVENT_GRID and not host_allowed(host, self._settings.webhook_allowed_hosts):
+            return None, 0, f"{host} is not in BERTH_WEBHOOK_ALLOWED_HOSTS"
         started = time.monotonic()
         try:
             headers = await self._headers(hook, event, data, content_type)
@@ -193,6 +213,9 @@ class EventDispatcher:
             return None, 0, str(error)
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             return None, _since(started), f"{type(error).__name__}: {error}"[:300]
+        except Exception as error:  # whatever it is, a failed attempt: retried, then dead-lettered
+            log.warning("webhook %s: delivery failed unexpectedly", hook.name, exc_info=True)
+            return None, _since(started), f"{type(error).__name__}: {error}"[:300]
         milliseconds = _since(started)
         if 300 <= status < 400:
             return status, milliseconds, "redirects are not followed"
@@ -202,7 +225,13 @@ class EventDispatcher:
         reader = SecretReader(self._http(), self._identity)
         headers = {"Content-Type": content_type, "User-Agent": "Berth-Webhook/1.0", DELIVERY_HEADER: event["id"]}
         for name, value in hook.headers.items():  # the webhook's own, as ACR: they may replace ours
-            headers[name] = await reader.read(value) if value.startswith(("env:", "file:", "keyvault:")) else value
+            if name.lower() in RESERVED_HEADERS or name.lower().startswith("x-berth-"):
+                continue
+            if value.startswith(REFERENCE_PREFIXES):
+                value = await reader.read(value)
+                if not header_value_ok(value):  # e.g. a secret file with a Windows line ending
+                    raise SecretUnavailable(f"the value of header {name} holds a line break")
+            headers[name] = value
         if hook.secret:
             timestamp = str(int(time.time()))
             headers[TIMESTAMP_HEADER] = timestamp
@@ -233,45 +262,89 @@ class EventDispatcher:
     # --- the sweep and the local worker --------------------------------------------------
 
     async def sweep(self) -> SweepReport:
-        """Hand on announced events older than the sweep age; drop announcements of writes that
-        never happened; prune delivery logs past BERTH_EVENT_LOG_DAYS."""
+        """Hand on announced events older than the sweep age; fence and drop announcements of
+        writes that never happened; hourly (per instance), prune delivery logs."""
         report = SweepReport()
-        outbox = self._store.events
         age = timedelta(seconds=self._settings.event_sweep_age_seconds)
-        async for partition, event_id, written in outbox.intents(age):
-            row = await outbox.find(partition, event_id)
-            if row is not None:
-                await self.fan_out(partition, row)
-                report.handed_on += 1
-            elif datetime.now(UTC) - written > self._write_window():
-                await outbox.abandon(event_id)
-                report.abandoned += 1
-        for name in await self._store.deliveries.partitions():
-            report.pruned += await self._store.deliveries.prune(name, timedelta(days=self._settings.event_log_days))
+        async for intent in self._store.events.intents(age):
+            try:
+                await self._sweep_one(intent, report)
+            except Exception:  # one bad intent must not stop the others
+                log.exception("event sweep: intent %s failed; it is tried again next time", intent.event_id)
+        report.dead_lettered += await self._drain_poison()
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_SECONDS
+            names = [hook.name for hook in await self._store.webhooks.list()] + [EVENT_GRID]
+            for name in names:
+                report.pruned += await self._store.deliveries.prune(name, timedelta(days=self._settings.event_log_days))
         return report
 
+    async def _sweep_one(self, intent: Intent, report: SweepReport) -> None:
+        outbox = self._store.events
+        age = datetime.now(UTC) - intent.written
+        if intent.abandoned:  # fenced: once no late write can meet the tombstone, both go
+            if age > 2 * self._write_window():
+                await outbox.forget(intent.partition, intent.event_id)
+            return
+        if not await outbox.claim(intent):  # another sweep has it
+            return
+        row = await outbox.find(intent.partition, intent.event_id)
+        if row is None and age > self._write_window():
+            row = await outbox.abandon(intent.partition, intent.event_id)
+            if row is None:
+                report.abandoned += 1
+        if row is not None:
+            await self.fan_out(intent.partition, row)
+            report.handed_on += 1
+
+    async def _drain_poison(self) -> int:
+        """Messages the Functions host gave up on (`<queue>-poison`): a delivery there is recorded
+        as dead-lettered, so `webhook events` shows it; an event's intent is still the sweep's."""
+        drained = 0
+        for message in await self._store.events.poison.receive(BATCH, 60):
+            if message.body.get("kind") == "deliver":
+                await self._dead_letter(message.body, "the queue gave up on this delivery after repeated errors")
+                drained += 1
+            await self._store.events.poison.delete(message)
+        return drained
+
+    async def _dead_letter(self, body: dict[str, Any], error: str) -> None:
+        event = body.get("event") or {}
+        target = event.get("target") or {}
+        await self._store.deliveries.record(Delivery(
+            str(body.get("webhook", "")), str(event.get("id", "")), event.get("action", ""),
+            target.get("repository", ""), target.get("tag", ""), target.get("digest", ""),
+            int(body.get("attempt", 1)), "dead-lettered", None, 0, error, payload=json.dumps(event)))
+
     async def run(self, stop: asyncio.Event) -> None:
-        """`serve`'s worker: take messages from the queue until `stop`; sweep now and then."""
+        """`serve`'s worker: take messages from the queue until `stop`; sweep alongside."""
+        sweeper = asyncio.create_task(self._sweep_loop(stop))
         queue = self._store.events.queue
         invisible_for = 2 * self._settings.webhook_timeout_seconds + 30
-        next_sweep = time.monotonic() + self._settings.event_sweep_seconds
+        try:
+            while not stop.is_set():
+                try:
+                    messages = await queue.receive(BATCH, invisible_for)
+                    await asyncio.gather(*(self._process(message) for message in messages))
+                    if messages:
+                        continue
+                except Exception as error:  # storage away: try again shortly
+                    log.warning("the events worker failed a round: %r", error)
+                await _pause(stop, 0.5)
+        finally:
+            await sweeper
+
+    async def _sweep_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            await _pause(stop, self._settings.event_sweep_seconds)
+            if stop.is_set():
+                return
             try:
-                messages = await queue.receive(BATCH, invisible_for)
-                await asyncio.gather(*(self._process(message) for message in messages))
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + self._settings.event_sweep_seconds
-                    report = await self.sweep()
-                    if report.handed_on or report.abandoned:
-                        log.info("event sweep: %s", report.summary())
-                if messages:
-                    continue
-            except Exception as error:  # storage away: try again shortly
-                log.warning("the events worker failed a round: %r", error)
-            try:
-                await asyncio.wait_for(stop.wait(), 0.5)
-            except TimeoutError:
-                pass
+                report = await self.sweep()
+                if report.handed_on or report.abandoned or report.dead_lettered:
+                    log.info("event sweep: %s", report.summary())
+            except Exception as error:
+                log.warning("the event sweep failed: %r", error)
 
     async def _process(self, message: QueuedMessage) -> None:
         try:
@@ -281,9 +354,17 @@ class EventDispatcher:
                 log.warning("events message failed (attempt %d); it comes back", message.dequeue_count,
                             exc_info=True)
                 return
-            log.exception("events message dropped after %d attempts: %.500s", message.dequeue_count,
-                          json.dumps(message.body))
+            log.exception("events message given up after %d attempts", message.dequeue_count)
+            if message.body.get("kind") == "deliver":  # as the host's poison queue would
+                await self._dead_letter(message.body, "the queue gave up on this delivery after repeated errors")
         await self._store.events.queue.delete(message)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
 
 
 def _since(started: float) -> int:

@@ -22,12 +22,14 @@ class StorageClients:
     session: aiohttp.ClientSession
     table_reader: TablePointReader
     events_queue: QueueClient
+    poison_queue: QueueClient  # where the Functions host puts what it gave up on (`<queue>-poison`)
     credential: Any = None
 
     async def close(self) -> None:
         await self.blob_service.close()
         await self.table_service.close()
         await self.events_queue.close()
+        await self.poison_queue.close()
         if self.credential is not None:
             await self.credential.close()
         await self.session.close()
@@ -80,9 +82,10 @@ def create_clients(settings: Settings) -> StorageClients:
         )
         key = table.credential.named_key.key if hasattr(table.credential, "named_key") else None
         reader = TablePointReader(session, table.url, table.account_name, account_key=key)
-        queue = QueueClient.from_connection_string(settings.storage_connection_string, events_queue_name(settings),
-                                                   transport=_transport(session, timeout), **retries["queue"])
-        return StorageClients(blob, table, session, reader, queue)
+        queue, poison = (QueueClient.from_connection_string(settings.storage_connection_string, name,
+                                                            transport=_transport(session, timeout), **retries["queue"])
+                         for name in (events_queue_name(settings), events_queue_name(settings) + "-poison"))
+        return StorageClients(blob, table, session, reader, queue, poison)
     if not (settings.blob_endpoint and settings.table_endpoint and settings.queue_endpoint):
         raise ValueError("no storage configured: set BERTH_STORAGE_CONNECTION_STRING or BERTH_STORAGE_ACCOUNT")
     from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
@@ -98,6 +101,7 @@ def create_clients(settings: Settings) -> StorageClients:
     table = TableServiceClient(settings.table_endpoint, credential=credential,
                                transport=_transport(session, timeout), **retries["table"])
     reader = TablePointReader(session, table.url, table.account_name, credential=credential)
-    queue = QueueClient(settings.queue_endpoint, events_queue_name(settings), credential=credential,
-                        transport=_transport(session, timeout), **retries["queue"])
-    return StorageClients(blob, table, session, reader, queue, credential)
+    queue, poison = (QueueClient(settings.queue_endpoint, name, credential=credential,
+                                 transport=_transport(session, timeout), **retries["queue"])
+                     for name in (events_queue_name(settings), events_queue_name(settings) + "-poison"))
+    return StorageClients(blob, table, session, reader, queue, poison, credential)

@@ -34,23 +34,28 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
 
 from registry.oci.errors import NAME_UNKNOWN, RegistryError
-from registry.oci.events import ACTIONS, SCHEMAS, EventRecord, RequestInfo, parse_scope
-from registry.storage.metadata import MetadataStore, int64, read_int, repository_name
+from registry.oci.events import ACTIONS, DEFAULT_ACTIONS, SCHEMAS, EventRecord, RequestInfo, parse_scope
+from registry.storage.errors import unavailable
+from registry.storage.metadata import MetadataStore, int64, read_int
 
 EVENT = "e:"  # an event row in its repository's partition
-PENDING = "pending"
+PENDING = "pending:"  # intents: partitions pending:00 .. pending:15
+PENDING_PARTITIONS = 16
+ABANDONED = "abandoned"  # an event row that is a tombstone (EventOutbox.abandon)
+ANNOUNCE_SECONDS = 1.0
+MAX_FIELD = 255
 LOG = "log:"
 WEBHOOK_PARTITION = "webhook"
 NAME = re.compile(r"[a-zA-Z0-9]{5,50}")
 EVENT_GRID = "eventgrid"  # the Event Grid topic of the settings, delivered like a webhook
 REFERENCE_PREFIXES = ("env:", "file:", "keyvault:")
-MAX_USER_AGENT = 256
 MAX_LOG_ERROR = 512
 
 log = logging.getLogger("berth.events")
@@ -70,7 +75,7 @@ def request_or_internal(useragent: str) -> RequestInfo:
 class Webhook:
     name: str
     uri: str
-    actions: tuple[str, ...] = ACTIONS
+    actions: tuple[str, ...] = DEFAULT_ACTIONS
     scope: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # values: literal, or env:/file:/keyvault:
     enabled: bool = True
@@ -83,8 +88,10 @@ class Webhook:
 
     def document(self) -> dict[str, Any]:
         """What `webhook show` prints: header values that are references are shown as such,
-        literal ones are masked (they may be credentials)."""
-        return {"name": self.name, "serviceUri": self.uri, "actions": list(self.actions), "scope": self.scope,
+        literal ones are masked, and so is the URI's query (they may be credentials)."""
+        uri = urlsplit(self.uri)
+        shown = uri._replace(query="***" if uri.query else "", fragment="").geturl()
+        return {"name": self.name, "serviceUri": shown, "actions": list(self.actions), "scope": self.scope,
                 "status": "enabled" if self.enabled else "disabled", "schema": self.schema,
                 "customHeaders": {k: v if v.startswith(REFERENCE_PREFIXES) else "***" for k, v in self.headers.items()},
                 "signingSecret": self.secret,
@@ -108,10 +115,20 @@ def check_webhook(hook: Webhook, allowed_hosts: tuple[str, ...]) -> None:
         raise ValueError(f"the schema is one of {', '.join(SCHEMAS)}")
     parse_scope(hook.scope)
     for name, value in hook.headers.items():
-        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}", name) or any(c in value for c in "\r\n\0"):
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}", name) or not header_value_ok(value) \
+                or name.lower() in RESERVED_HEADERS or name.lower().startswith("x-berth-"):
             raise ValueError(f"{name[:40]!r} is not a header one may set")
     if hook.secret is not None and not hook.secret.startswith(REFERENCE_PREFIXES):
         raise ValueError("the signing secret is a reference: env:NAME, file:/path or a Key Vault secret URI")
+
+
+# Headers that frame the request or that Berth sets: a webhook's own may not replace them.
+RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "te", "trailer",
+                              "upgrade", "expect", "keep-alive", "proxy-connection"})
+
+
+def header_value_ok(value: str) -> bool:
+    return not any(c in value for c in "\r\n\0")
 
 
 def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
@@ -211,17 +228,25 @@ class EventQueue:
         await self._queue.send_message(text, visibility_timeout=seconds or None, time_to_live=-1)
 
     async def receive(self, count: int, invisible_for: int) -> list[QueuedMessage]:
+        """Up to `count` messages, hidden from others for `invisible_for` seconds; none if the
+        queue does not exist (a poison queue before the host's first give-up)."""
         messages = []
-        async for message in self._queue.receive_messages(messages_per_page=count, max_messages=count,
-                                                          visibility_timeout=invisible_for):
+        try:
+            async for message in self._queue.receive_messages(messages_per_page=count, max_messages=count,
+                                                              visibility_timeout=invisible_for):
+                messages.append(message)
+        except ResourceNotFoundError:
+            return []
+        decoded = []
+        for message in messages:
             try:
                 body = decode_message(message.content)
             except ValueError:
                 log.error("dropping an events message that is not Berth's: %.200r", message.content)
                 await self._queue.delete_message(message)
                 continue
-            messages.append(QueuedMessage(body, message.dequeue_count or 1, message))
-        return messages
+            decoded.append(QueuedMessage(body, message.dequeue_count or 1, message))
+        return decoded
 
     async def delete(self, message: QueuedMessage) -> None:
         await self._queue.delete_message(message.handle)
@@ -245,6 +270,11 @@ def decode_message(content: str | bytes) -> dict[str, Any]:
 # --- the outbox ----------------------------------------------------------------------------
 
 
+def _short(text: str | None, limit: int = MAX_FIELD) -> str:
+    """A request-supplied field as an event carries it: at most `limit` characters."""
+    return (text or "")[:limit]
+
+
 @dataclass(frozen=True)
 class PendingEvent:
     """An event announced before its write; the write's transaction carries `operation`."""
@@ -255,22 +285,26 @@ class PendingEvent:
     def operation(self, action: str, repository: str, digest: str, media_type: str, size: int | None,
                   tags: tuple[str, ...] = (), artifact_type: str | None = None,
                   subject: dict[str, Any] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """The event row, created (never replaced) in the write's transaction: if the event was
+        abandoned meanwhile (EventOutbox.abandon), its tombstone fails the write instead."""
         request = request_or_internal("berth")
         row: dict[str, Any] = {
             "PartitionKey": self.partition, "RowKey": EVENT + self.id, "action": action, "repository": repository,
-            "digest": digest, "mediaType": media_type, "tags": json.dumps(list(tags)),
-            "request": json.dumps({"id": request.id, "host": request.host, "method": request.method,
-                                   "useragent": request.useragent[:MAX_USER_AGENT], "addr": request.addr,
-                                   "actor": request.actor}),
+            "digest": digest, "mediaType": _short(media_type), "tags": json.dumps(list(tags)),
+            "request": json.dumps({"id": request.id, "host": _short(request.host), "method": request.method,
+                                   "useragent": _short(request.useragent), "addr": _short(request.addr),
+                                   "actor": _short(request.actor)}),
             "at": datetime.now(UTC),
         }
         if size is not None:
             row["size"] = int64(size)
-        if artifact_type:
+        # A media type is at most 255 characters (RFC 6838); anything longer is left out, so an
+        # event row and its messages stay small whatever a manifest says.
+        if artifact_type and len(artifact_type) <= MAX_FIELD:
             row["artifactType"] = artifact_type
-        if subject:
+        if subject and len(subject.get("mediaType", "")) <= MAX_FIELD:
             row["subject"] = json.dumps(subject)
-        return ("upsert", row, {"mode": UpdateMode.REPLACE})
+        return ("create", row, {})
 
 
 def record_of(row: dict[str, Any]) -> EventRecord:
@@ -286,14 +320,31 @@ def record_of(row: dict[str, Any]) -> EventRecord:
         subject=json.loads(row["subject"]) if row.get("subject") else None)
 
 
+def pending_partition(event_id: str) -> str:
+    """Intents spread over PENDING_PARTITIONS partitions: no one partition takes every write."""
+    return f"{PENDING}{int(event_id[:4], 16) % PENDING_PARTITIONS:02d}"
+
+
+@dataclass(frozen=True)
+class Intent:
+    """An announced event the sweep looks at."""
+
+    partition: str  # the repository's
+    event_id: str
+    written: datetime  # when the intent was written (storage's clock)
+    abandoned: bool  # its tombstone is written: the write can no longer commit
+    row: dict[str, Any]
+
+
 class EventOutbox:
     """Announces events before their writes (see the module's docstring) and finds them after."""
 
-    def __init__(self, metadata: MetadataStore, events: TableClient, queue: EventQueue, webhooks: Webhooks,
-                 always: bool, look_after: float, fault: str = ""):
+    def __init__(self, metadata: MetadataStore, events: TableClient, queue: EventQueue, poison: EventQueue,
+                 webhooks: Webhooks, always: bool, look_after: float, fault: str = ""):
         self._metadata = metadata
         self.table = events
         self.queue = queue
+        self.poison = poison
         self.webhooks = webhooks
         self._always = always  # an Event Grid topic is configured: every write has a subscriber
         self._look_after = look_after
@@ -304,7 +355,10 @@ class EventOutbox:
             await self.table.create_table()
         except ResourceExistsError:
             pass
-        await self.queue.ensure()
+        try:  # the queue only speeds delivery up (the sweep covers it): never a reason not to start
+            await self.queue.ensure()
+        except Exception as error:
+            log.warning("the events queue %s cannot be created now: %r", self.queue.name, error)
 
     async def prepare(self, partition: str) -> PendingEvent | None:
         """An id and an intent for the event of a write about to happen; None without subscribers."""
@@ -314,16 +368,18 @@ class EventOutbox:
         # Both at once (a message found before its event looks again; see ops/events.py). The row
         # must be written: without it a crash could lose the event. The message only saves time.
         await asyncio.gather(
-            self.table.upsert_entity({"PartitionKey": PENDING, "RowKey": pending.id, "partition": partition}),
+            self.table.upsert_entity({"PartitionKey": pending_partition(pending.id), "RowKey": pending.id,
+                                      "partition": partition}),
             self._announce(pending))
         return pending
 
     async def _announce(self, pending: PendingEvent) -> None:
         if self._fault:
             return
-        try:
-            await self.queue.send(look_message(pending.partition, pending.id, 1), delay=self._look_after)
-        except Exception as error:  # the intent row stands: the sweep finds the event
+        try:  # bounded: a slow queue must not hold the push (the sweep covers a lost message)
+            async with asyncio.timeout(ANNOUNCE_SECONDS):
+                await self.queue.send(look_message(pending.partition, pending.id, 1), delay=self._look_after)
+        except Exception as error:
             log.warning("event %s announced without a queue message: %r", pending.id, error)
 
     def committed(self, pending: PendingEvent | None) -> None:
@@ -332,25 +388,66 @@ class EventOutbox:
             log.error("BERTH_TEST_EVENT_FAULT=crash: exiting after the write of event %s", pending.id)
             os._exit(137)
 
+    async def recorded(self, pending: PendingEvent | None) -> bool:
+        """After a write's transaction failed: whether it had committed after all (a retried
+        request whose first answer was lost). A tombstone means the write took too long: 503."""
+        if pending is None:
+            return False
+        row = await self._metadata.get(self._metadata.repos, pending.partition, EVENT + pending.id)
+        if row is not None and row.get(ABANDONED):
+            raise unavailable("the write took too long; its event was given up: retry it")
+        return row is not None
+
     async def find(self, partition: str, event_id: str) -> dict[str, Any] | None:
-        return await self._metadata.get(self._metadata.repos, partition, EVENT + event_id)
+        """The event row of a write that happened; None if there is none (yet) or a tombstone."""
+        row = await self._metadata.get(self._metadata.repos, partition, EVENT + event_id)
+        return None if row is None or row.get(ABANDONED) else row
 
     async def done(self, partition: str, event_id: str) -> None:
-        """The event is handed to every subscriber's delivery: its row, then its intent, go
-        (unconditionally: neither is ever rewritten)."""
+        """The event is handed to every subscriber: its row, then its intent, go (unconditionally:
+        neither is ever rewritten)."""
         await _delete(self._metadata.repos, partition, EVENT + event_id)
-        await _delete(self.table, PENDING, event_id)
+        await _delete(self.table, pending_partition(event_id), event_id)
 
-    async def abandon(self, event_id: str) -> None:
-        """An intent whose write never happened (its request budget is long past)."""
-        await _delete(self.table, PENDING, event_id)
+    async def abandon(self, partition: str, event_id: str) -> dict[str, Any] | None:
+        """Give up an event whose write has not committed: a tombstone takes the event row's key,
+        so the write, should its transaction still arrive, fails (409) instead of committing
+        without its event. Returns the event row if the write did commit after all."""
+        try:
+            await self._metadata.repos.create_entity({"PartitionKey": partition, "RowKey": EVENT + event_id,
+                                                      ABANDONED: True})
+        except ResourceExistsError:
+            row = await self.find(partition, event_id)
+            if row is not None:
+                return row
+        await self.table.upsert_entity({"PartitionKey": pending_partition(event_id), "RowKey": event_id,
+                                        "partition": partition, ABANDONED: True}, mode=UpdateMode.MERGE)
+        return None
 
-    async def intents(self, older_than: timedelta) -> AsyncIterator[tuple[str, str, datetime]]:
-        """(partition, event id, written) of intents older than `older_than`."""
+    async def forget(self, partition: str, event_id: str) -> None:
+        """A tombstone no late write can meet any more, and its intent."""
+        await _delete(self._metadata.repos, partition, EVENT + event_id)
+        await _delete(self.table, pending_partition(event_id), event_id)
+
+    async def intents(self, older_than: timedelta) -> AsyncIterator[Intent]:
+        """Intents written longer than `older_than` ago, every partition."""
         cutoff = datetime.now(UTC) - older_than
-        async for row in self._metadata.scan(self.table, PENDING, "", extra_filter=" and Timestamp lt @cutoff",
-                                             parameters={"cutoff": cutoff}):
-            yield row["partition"], row["RowKey"], row.metadata["timestamp"]
+        for shard in range(PENDING_PARTITIONS):
+            async for row in self._metadata.scan(self.table, f"{PENDING}{shard:02d}", "",
+                                                 extra_filter=" and Timestamp lt @cutoff",
+                                                 parameters={"cutoff": cutoff}):
+                yield Intent(row["partition"], row["RowKey"], row.metadata["timestamp"], bool(row.get(ABANDONED)),
+                             row)
+
+    async def claim(self, intent: Intent) -> bool:
+        """One sweep takes an intent (If-Match): sweeps on several instances do not all hand it on."""
+        try:
+            await self.table.update_entity(
+                {"PartitionKey": intent.row["PartitionKey"], "RowKey": intent.event_id, "swept": datetime.now(UTC)},
+                mode=UpdateMode.MERGE, etag=intent.row.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
 
 
 async def _delete(table: TableClient, partition: str, row: str) -> None:
@@ -363,10 +460,6 @@ async def _delete(table: TableClient, partition: str, row: str) -> None:
 def look_message(partition: str, event_id: str, attempt: int) -> dict[str, Any]:
     return {"kind": "event", "partition": partition, "event": event_id, "look": attempt,
             "announced": datetime.now(UTC).isoformat()}
-
-
-def repository_of(partition: str) -> str:
-    return repository_name(partition)
 
 
 # --- the delivery log ----------------------------------------------------------------------
@@ -401,7 +494,8 @@ class DeliveryLog:
 
     async def record(self, delivery: Delivery) -> None:
         now = datetime.now(UTC)
-        key = f"{_NEVER - int(now.timestamp() * 1000):013d}:{delivery.event_id}:{delivery.attempt}"
+        key = (f"{_NEVER - int(now.timestamp() * 1000):013d}:{delivery.event_id}:{delivery.attempt}:"
+               f"{uuid.uuid4().hex[:6]}")
         row: dict[str, Any] = {
             "PartitionKey": LOG + delivery.webhook, "RowKey": key, "event": delivery.event_id,
             "action": delivery.action, "repository": delivery.repository, "tag": delivery.tag,
@@ -426,15 +520,6 @@ class DeliveryLog:
         for row in stale:
             await self._table.delete_entity(LOG + webhook, row["RowKey"])
         return len(stale)
-
-    async def partitions(self) -> list[str]:
-        """Webhooks with a log, including deleted ones (their log is pruned like any other)."""
-        names: set[str] = set()
-        async for row in self._table.query_entities("PartitionKey gt @low and PartitionKey lt @high",
-                                                    parameters={"low": LOG, "high": "log;"}, select=["PartitionKey"]):
-            names.add(row["PartitionKey"][len(LOG):])
-        return sorted(names)
-
 
 def _delivery(webhook: str, row: dict[str, Any]) -> Delivery:
     status = int(row.get("status", -1))

@@ -169,6 +169,13 @@ class ManifestStore:
         if self.events is not None:
             self.events.committed(pending)
 
+    async def _recorded(self, pending: PendingEvent | None) -> bool:
+        """A conflict may be our own transaction, committed on a retried request: its event row says."""
+        if self.events is None or not await self.events.recorded(pending):
+            return False
+        self._committed(pending)
+        return True
+
     async def put(self, repository: str, digest: Digest, body: bytes, manifest: Manifest,
                   tags: Sequence[str] = (), rendition_of: Digest | None = None,
                   cached_from_upstream: bool = False) -> None:
@@ -261,6 +268,8 @@ class ManifestStore:
             except TableTransactionError as error:
                 if not _conflict(error):
                     raise
+                if await self._recorded(pending):
+                    return
             # A referenced blob or child deleted meanwhile fails the touch: say which, as a check would.
             existing, tag_rows, _, stamped = await asyncio.gather(
                 self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest)),
@@ -422,6 +431,8 @@ class ManifestStore:
             except TableTransactionError as error:
                 if not _conflict(error):
                     raise
+                if await self._recorded(pending):
+                    break
         else:
             raise unavailable(f"manifest {digest} kept changing while it was deleted")
         try:
@@ -479,7 +490,7 @@ class ManifestStore:
                 operations.append(("update", {"PartitionKey": partition, "RowKey": MANIFEST + row["digest"],
                                               UNTAGGED: datetime.now(UTC)}, {"mode": UpdateMode.MERGE}))
             if pending is not None:  # beyond ACR, which has no event for a tag delete
-                operations.append(pending.operation("delete", repository, row["digest"], row["mediaType"], None,
+                operations.append(pending.operation("untag", repository, row["digest"], row["mediaType"], None,
                                                     (tag,)))
             try:
                 await self._metadata.repos.submit_transaction(operations)
@@ -488,6 +499,8 @@ class ManifestStore:
             except TableTransactionError as error:
                 if not _conflict(error):
                     raise
+                if await self._recorded(pending):
+                    return
             # Moved, locked or deleted since it was read: look again (and at its manifest, which
             # a tag always has; if not, the tag goes without a stamp).
             if await self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + row["digest"]) is None:

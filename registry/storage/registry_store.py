@@ -75,7 +75,8 @@ class RegistryStore:
         self.locks = RepositoryLocks(self.metadata)
         events_table = clients.table_service.get_table_client(f"{settings.table_prefix}events")
         self.webhooks = Webhooks(self.metadata, settings.webhooks_ttl_seconds)
-        self.events = EventOutbox(self.metadata, events_table, EventQueue(clients.events_queue), self.webhooks,
+        self.events = EventOutbox(self.metadata, events_table, EventQueue(clients.events_queue),
+                                  EventQueue(clients.poison_queue), self.webhooks,
                                   always=settings.eventgrid_topic_endpoint is not None,
                                   look_after=settings.event_look_after_seconds, fault=settings.test_event_fault)
         self.deliveries = DeliveryLog(events_table, self.metadata)

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.azurite import PROJECT_ROOT, Azurite
+from registry.azurite import PROJECT_ROOT, Azurite, free_port
 from tests.conftest import Server, require_tool, start_server, stop_server
 from tests.helpers import OCI_EMPTY, OCI_MANIFEST, descriptor, push_blob, push_image, put_manifest, sha256
 
@@ -161,7 +161,8 @@ def deliveries(azurite: Azurite, name: str) -> list[dict[str, Any]]:
 
 def test_pushes_and_deletes_reach_the_webhook_in_acrs_schema(azurite: Azurite, receiver: Receiver,
                                                              recorder: httpx.Client) -> None:
-    name, repo, path = webhook(azurite, receiver, "ok")
+    name, repo, path = webhook(azurite, receiver, "ok", "--actions", "push", "delete", "untag")
+    _, _, acr_path = webhook(azurite, receiver, "ok")  # ACR's actions only, the default
     digest, body = push_image(recorder, repo, "v1")
     assert put_manifest(recorder, repo, "v2", body).status_code == 201  # the same manifest, a second tag
     other, _ = push_image(recorder, repo, "other", layers=2)
@@ -180,16 +181,30 @@ def test_pushes_and_deletes_reach_the_webhook_in_acrs_schema(azurite: Azurite, r
     assert pushed["timestamp"].endswith("Z")
     assert events[("push", digest, "v2")]["id"] != pushed["id"]
     assert set(events[("push", other, None)]["target"]) == PUSH_TARGET - {"tag"}  # pushed by digest
-    untagged = events[("delete", digest, "v2")]  # a tag delete: beyond ACR, the target names the tag
+    untagged = events[("untag", digest, "v2")]  # a tag delete: beyond ACR, for webhooks that ask
     assert untagged["target"] == {"mediaType": OCI_MANIFEST, "digest": digest, "repository": repo, "tag": "v2"}
     deleted = events[("delete", digest, None)]
     assert set(deleted["target"]) == DELETE_TARGET and deleted["request"]["method"] == "DELETE"
     assert all(item.headers["Content-Type"] == "application/json" for item in receiver.at(path))
     time.sleep(1.5)  # nothing further arrives: each event once, as no delivery failed
     assert len(receiver.at(path)) == 6
+    assert receiver.at(acr_path) == []
     logged = deliveries(azurite, name)
     assert len(logged) == 6 and {entry["outcome"] for entry in logged} == {"delivered"}
     assert {entry["status"] for entry in logged} == {200}
+
+
+def test_a_default_webhook_gets_no_untag(azurite: Azurite, receiver: Receiver, recorder: httpx.Client) -> None:
+    _, repo, path = webhook(azurite, receiver, "ok")  # push and delete, as ACR
+    digest, body = push_image(recorder, repo, "v1")
+    assert put_manifest(recorder, repo, "v2", body).status_code == 201
+    assert recorder.delete(f"/acr/v1/{repo}/_tags/v2").status_code == 202
+    assert recorder.delete(f"/v2/{repo}/manifests/{digest}").status_code == 202
+    arrived = receiver.wait_for(path, 3)
+    time.sleep(1.5)
+    assert sorted(_key(item.event) for item in receiver.at(path)) == sorted(_key(item.event) for item in arrived)
+    assert sorted((a, t) for a, _, t in (_key(item.event) for item in arrived)) == [
+        ("delete", None), ("push", "v1"), ("push", "v2")]
 
 
 def test_repository_delete_sends_a_delete_per_manifest(azurite: Azurite, receiver: Receiver,
@@ -396,16 +411,25 @@ def test_every_event_is_published_to_the_event_grid_topic(azurite: Azurite, rece
     the topic's access key from its reference (on Azure: the managed identity's token instead)."""
     settings = {**SETTINGS, "BERTH_TABLE_PREFIX": "berthegt", "BERTH_BLOB_CONTAINER": "berthegt",
                 "BERTH_EVENTGRID_TOPIC_ENDPOINT": receiver.url + "/eventgrid/ok",
-                "BERTH_EVENTGRID_KEY": "env:TOPIC_KEY", "TOPIC_KEY": "k3y"}
+                "BERTH_EVENTGRID_KEY": "env:TOPIC_KEY", "TOPIC_KEY": "k3y",
+                "BERTH_EVENTGRID_ALLOW_HTTP": "true"}  # a loopback topic: no TLS here
     instance = start_server(azurite, tmp_path, **settings)
     try:
         with httpx.Client(base_url=instance.url, timeout=30) as client:
             digest, body = push_image(client, "grid/app", "v1")
+            assert put_manifest(client, "grid/app", "v2", body).status_code == 201
+            assert client.delete("/acr/v1/grid/app/_tags/v2").status_code == 202  # untag: not for Event Grid
             assert client.delete(f"/v2/grid/app/manifests/{digest}").status_code == 202
-        arrived = receiver.wait_for("/eventgrid/ok", 2)
+        arrived = receiver.wait_for("/eventgrid/ok", 3)
+        time.sleep(1)
+        assert len(receiver.at("/eventgrid/ok")) == 3
     finally:
         stop_server(instance)
-    published = {item.event[0]["eventType"]: (item.event, item.headers) for item in arrived}
+    published = {(item.event[0]["eventType"], item.event[0]["subject"]): (item.event, item.headers)
+                 for item in arrived}
+    assert {event_type for event_type, _ in published} == {"Microsoft.ContainerRegistry.ImagePushed",
+                                                           "Microsoft.ContainerRegistry.ImageDeleted"}
+    published = {event_type: value for (event_type, subject), value in published.items() if subject != "grid/app:v2"}
     [pushed], headers = published["Microsoft.ContainerRegistry.ImagePushed"]
     assert headers["aeg-sas-key"] == "k3y" and headers["Content-Type"] == "application/json"
     assert pushed["subject"] == "grid/app:v1" and pushed["dataVersion"] == "1.0"
@@ -413,3 +437,55 @@ def test_every_event_is_published_to_the_event_grid_topic(azurite: Azurite, rece
                                         "length": len(body), "repository": "grid/app", "tag": "v1"}
     [deleted], _ = published["Microsoft.ContainerRegistry.ImageDeleted"]
     assert deleted["data"]["target"]["digest"] == digest and deleted["data"]["action"] == "delete"
+
+
+def test_an_oversized_artifact_type_neither_fails_the_push_nor_the_event(azurite: Azurite, receiver: Receiver,
+                                                                        recorder: httpx.Client) -> None:
+    """A manifest may carry an artifactType of any length; the event leaves it out."""
+    _, repo, path = webhook(azurite, receiver, "ok")
+    config = b"{}"
+    push_blob(recorder, repo, config)
+    for artifact_type in ("application/x." + "a" * 40000, "application/x." + "\u00e9" * 12000):
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
+                           "config": descriptor(OCI_EMPTY, config), "layers": [],
+                           "annotations": {"n": uuid.uuid4().hex}}).encode()
+        assert put_manifest(recorder, repo, f"t{len(artifact_type)}", body).status_code == 201
+    arrived = receiver.wait_for(path, 2)
+    assert all("artifactType" not in item.event["target"] for item in arrived)
+
+
+def test_pushes_succeed_with_the_queue_down_and_the_sweep_delivers(azurite: Azurite, receiver: Receiver,
+                                                                  tmp_path: Path) -> None:
+    """The queue unreachable from the instance that takes the push: the push is answered within
+    the announcement's bound, and the sweep of another instance delivers the event."""
+    _, repo, path = webhook(azurite, receiver, "ok")
+    dead = azurite.connection_string.replace(f":{azurite.queue_port}/", f":{free_port()}/")
+    assert dead != azurite.connection_string
+    instance = start_server(azurite, tmp_path, BERTH_EVENTS_WORKER="false", BERTH_STORAGE_CONNECTION_STRING=dead,
+                            BERTH_STORAGE_TIMEOUT_SECONDS="2", **SETTINGS)
+    try:
+        with httpx.Client(base_url=instance.url, timeout=30) as client:
+            started = time.monotonic()
+            digest, _ = push_image(client, repo, "v1")
+            pushed_in = time.monotonic() - started
+    finally:
+        stop_server(instance)
+    [item] = receiver.wait_for(path, 1, timeout=30)
+    assert item.event["target"]["digest"] == digest
+    assert pushed_in < 15, pushed_in  # a blob POST or two and the manifest PUT; no queue timeout per request
+
+
+def test_a_secret_with_a_line_break_is_not_sent(azurite: Azurite, receiver: Receiver, recorder: httpx.Client,
+                                                tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("t0ken\r\nX-Injected: 1\n")
+    name, repo, path = webhook(azurite, receiver, "ok", "--header", f"Authorization=file:{secret}")
+    push_image(recorder, repo, "v1")
+    deadline = time.monotonic() + 30
+    while not (logged := deliveries(azurite, name)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert logged[-1]["outcome"] == "retrying" and "line break" in logged[-1]["error"]
+    assert receiver.at(path) == []
+    reserved = cli(azurite, "webhook", "create", "hookreserved", "--uri", receiver.url + "/r/ok",
+                   "--header", "Transfer-Encoding=chunked")
+    assert reserved.returncode == 2 and "Transfer-Encoding" in reserved.stderr
