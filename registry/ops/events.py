@@ -1,12 +1,13 @@
 """Delivers recorded events (storage/events.py) to webhooks and to an Event Grid topic.
 
 Work arrives as messages on the events queue, from any instance:
-- `event`: look for an announced event; found, it is fanned out (one `deliver` message per
-  subscriber and event); not yet there, it is looked for again until its write's budget is past.
-- `deliver`: one POST of one event to one subscriber, with a timeout. A failure is retried by a
+- `event`: look for an announced event; found, it is fanned out: one POST per subscriber (and
+  tag), at once; not yet there, it is looked for again a little later.
+- `deliver`: a retry of one event to one subscriber. A failed POST (or a timeout) is retried by a
   new message made visible after an exponential, jittered delay; after the last attempt the
   event is dead-lettered: kept in the subscriber's delivery log with its body.
-The sweep (a timer on Azure, a loop in `serve`) takes announced events no message handed on.
+The sweep (a timer on Azure, a loop in `serve`) takes every intent older than the sweep age: it
+hands on events messages did not, and fences off writes that never came (EventOutbox.abandon).
 
 Receivers are reached through the SSRF guard of the upstream client: private addresses only
 where BERTH_WEBHOOK_PRIVATE_HOSTS allows them, redirects never followed (3xx is a failure).
@@ -118,15 +119,18 @@ class EventDispatcher:
     async def _look(self, body: dict[str, Any]) -> None:
         outbox = self._store.events
         partition, event_id, look = body["partition"], body["event"], int(body.get("look", 1))
+        # An intent older than the sweep age is the sweep's (which claims it): handing it on from
+        # here too would deliver it twice whenever messages queue up behind a slow worker.
+        if datetime.now(UTC) - datetime.fromisoformat(body["announced"]) >= self._sweep_age():
+            return
         row = await outbox.find(partition, event_id)
-        if row is None:
-            announced = datetime.fromisoformat(body["announced"])
-            if datetime.now(UTC) - announced < self._write_window():  # the write may still land
-                await outbox.queue.send({**body, "look": look + 1}, delay=min(2 ** look, 30))
-                return
-            row = await outbox.abandon(partition, event_id)  # fenced: a late write now fails
         if row is not None:
             await self.fan_out(partition, row)
+        else:  # its write has not committed yet (or never will: the sweep decides that)
+            await outbox.queue.send({**body, "look": look + 1}, delay=min(2 ** look, 30))
+
+    def _sweep_age(self) -> timedelta:
+        return timedelta(seconds=self._settings.event_sweep_age_seconds)
 
     def _write_window(self) -> timedelta:
         """How long after its announcement a write usually commits: its budget, plus slack. A
@@ -265,8 +269,7 @@ class EventDispatcher:
         """Hand on announced events older than the sweep age; fence and drop announcements of
         writes that never happened; hourly (per instance), prune delivery logs."""
         report = SweepReport()
-        age = timedelta(seconds=self._settings.event_sweep_age_seconds)
-        async for intent in self._store.events.intents(age):
+        async for intent in self._store.events.intents(self._sweep_age()):
             try:
                 await self._sweep_one(intent, report)
             except Exception:  # one bad intent must not stop the others
