@@ -60,13 +60,25 @@ class TapResponse(StreamingResponse):
 
 
 async def head_blob(request: Request, ctx: Context, name: str, digest: str) -> Response:
-    blob = await _readable_blob(ctx, name, digest)
+    try:
+        blob = await _readable_blob(ctx, name, digest, fetch=False)
+        size, found = blob.size, blob.digest
+    except RegistryError as error:
+        # In a pull-through repository a blob not here yet is answered from upstream's HEAD: a
+        # client checking for it does not make Berth download it (its GET will).
+        if error.error is not BLOB_UNKNOWN or ctx.pullthrough is None:
+            raise
+        found = parse_digest(digest)
+        upstream = await ctx.pullthrough.blob_size(name, found)
+        if upstream is None:
+            raise
+        size = upstream
     return Response(
         b"",
         headers={
-            "Content-Length": str(blob.size),
+            "Content-Length": str(size),
             "Content-Type": OCTET_STREAM,
-            "Docker-Content-Digest": str(blob.digest),
+            "Docker-Content-Digest": str(found),
             "Accept-Ranges": "bytes",
         },
     )

@@ -278,6 +278,18 @@ class PullThrough:
         await self._shared(("blob", f"{repository}@{digest}"), lambda: self._fetch_blob_once(repository, digest))
         return await self._store.blobs.stat(repository, digest)
 
+    async def blob_size(self, repository: str, digest: Digest) -> int | None:
+        """A blob not here yet, as a HEAD sees it: its length as upstream says (upstream's HEAD;
+        nothing is fetched). None without a rule."""
+        found = await self._upstream(repository, str(digest))
+        if found is None:
+            return None
+        client, source = found
+        try:
+            return await client.blob_size(source, digest)
+        except UpstreamError as error:
+            raise self._failure(error, f"blob {digest}") from None
+
     async def stream_blob(self, repository: str, digest: Digest) -> tuple[int, _Tap] | None:
         """A blob not here yet, streamed to this caller while it is stored: (size, chunks). None
         when this request does not start the download (no rule, already stored, being fetched

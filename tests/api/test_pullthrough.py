@@ -145,6 +145,22 @@ def test_three_instances_asked_at_once_fetch_each_blob_once(upstream: Upstream, 
     assert upstream.gets(f"/v2/team/wide/blobs/{digest}") == 1
 
 
+def test_a_head_of_a_blob_not_here_yet_downloads_nothing(upstream: Upstream, rule: str, server: Server) -> None:
+    """Clients check blobs with HEAD (skopeo before a copy, containerd): upstream's HEAD answers."""
+    with httpx.Client(base_url=f"http://{upstream.host}", timeout=30) as http:
+        image = Pushed(http, "team/headed", "v1")
+    digest, blob = next(iter(image.blobs.items()))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        head = http.head(f"/v2/{rule}/headed/blobs/{digest}")
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(blob))
+        assert head.headers["docker-content-digest"] == digest
+        assert upstream.gets(f"/v2/team/headed/blobs/{digest}") == 0
+        missing = http.head(f"/v2/{rule}/headed/blobs/{sha256(b'not upstream either')}")
+        assert missing.status_code == 404
+        assert http.get(f"/v2/{rule}/headed/blobs/{digest}", follow_redirects=True).content == blob
+    assert upstream.gets(f"/v2/team/headed/blobs/{digest}") == 1
+
+
 def test_what_upstream_does_not_have_is_not_found(rule: str, server: Server, upstream: Upstream) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as http:
         missing = http.get(f"/v2/{rule}/nothing/manifests/1")
@@ -302,15 +318,17 @@ def test_an_upstream_that_lies_gets_nothing_cached(azurite: Azurite, server: Ser
             good = http.get(f"/v2/{prefix}/lies/manifests/good", headers={"Accept": OCI_MANIFEST})
             assert good.status_code == 200 and good.content == LyingUpstream.manifest
             layer = sha256(LyingUpstream.layer)
-            head = http.head(f"/v2/{prefix}/lies/blobs/{layer}")  # a HEAD waits for the stored copy: none
-            assert head.status_code == 502 and f"/v2/lies/blobs/{layer}" in LyingUpstream.requested
+            head = http.head(f"/v2/{prefix}/lies/blobs/{layer}")  # upstream's HEAD answers it: nothing fetched
+            assert head.status_code == 200 and head.headers["content-length"] == str(len(LyingUpstream.layer))
+            assert f"/v2/lies/blobs/{layer}" not in LyingUpstream.requested  # (a GET would be listed)
             for _ in range(2):  # nothing was cached: asked again, and refused again
                 LyingUpstream.requested = []
                 # A GET gets the bytes as they arrive, all but the last: its response is cut short.
                 with pytest.raises(httpx.RemoteProtocolError):
                     http.get(f"/v2/{prefix}/lies/blobs/{layer}")
                 assert f"/v2/lies/blobs/{layer}" in LyingUpstream.requested
-            assert http.head(f"/v2/{prefix}/lies/blobs/{layer}").status_code == 502
+            with pytest.raises(httpx.RemoteProtocolError):  # still not stored: fetched (and refused) again
+                http.get(f"/v2/{prefix}/lies/blobs/{layer}")
     finally:
         fake.shutdown()
         fake.server_close()
