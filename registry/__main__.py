@@ -292,13 +292,15 @@ def import_command(args: argparse.Namespace) -> int:
         async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as session:
             login = credentials
             sets = ctx.store.credential_sets
+            identity = key_vault_credential(ctx.settings.managed_identity_client_id)
             try:
                 if args.credential_set:
-                    reader = SecretReader(session, key_vault_credential(ctx.settings.managed_identity_client_id))
-                    login = await login_with_set(sets, reader, args.credential_set, source)
+                    login = await login_with_set(sets, SecretReader(session, identity), args.credential_set, source)
             except (SecretUnavailable, RegistryError) as error:
                 print(f"berth: {getattr(error, 'message', error)}", file=sys.stderr)
                 return 1
+            finally:
+                await identity.close()
             client = UpstreamClient(session, login, max_manifest_bytes=ctx.settings.max_manifest_bytes)
             importer = Importer(ctx.store, client, progress)
             for repository, tags in targets.items():
@@ -322,13 +324,25 @@ def credential_set_command(args: argparse.Namespace) -> int:
     """`credential-set create|list|show|delete`: logins of upstream registries, as references."""
     from registry.oci.errors import RegistryError
     from registry.ops.upstream import registry_host
+    from registry.storage.credential_sets import IDENTITY, TOKEN_USER
 
     async def work(ctx: Context) -> int:
         sets = ctx.store.credential_sets
         try:
             if args.action == "create":
-                created = await sets.create(args.name, registry_host(args.login_server), args.username,
-                                            args.password)
+                if args.managed_identity:
+                    if args.username or args.password:
+                        raise ValueError("give --managed-identity, or --username and --password")
+                    audience = args.audience or ("https://containerregistry.azure.net"
+                                                 if args.login_server.endswith(".azurecr.io") else None)
+                    if not audience:
+                        raise ValueError("--managed-identity needs --audience (the upstream registry's app ID URI)")
+                    username, password = TOKEN_USER, IDENTITY + audience
+                elif not (args.username and args.password):
+                    raise ValueError("give --username and --password (a reference), or --managed-identity")
+                else:
+                    username, password = args.username, args.password
+                created = await sets.create(args.name, registry_host(args.login_server), username, password)
                 print(json.dumps(created.document(), indent=2))
             elif args.action == "list":
                 print(json.dumps([item.document() for item in await sets.list()], indent=2))
@@ -513,9 +527,13 @@ def _credential_set_parser(commands: Any) -> None:
     create = actions.add_parser("create", help="a login for one upstream registry")
     create.add_argument("name")
     create.add_argument("--login-server", "-l", required=True, help="the registry it is for, e.g. docker.io")
-    create.add_argument("--username", "-u", required=True,
+    create.add_argument("--username", "-u",
                         help="the user name, or a reference to it (env:NAME, file:/path, keyvault:https://...)")
-    create.add_argument("--password", "-p", required=True,
+    create.add_argument("--managed-identity", action="store_true",
+                        help="no secret: log in with the app's managed identity (ACR, or a Berth with Entra ID)")
+    create.add_argument("--audience", help="with --managed-identity: the upstream's Entra audience (default for "
+                                           "*.azurecr.io: https://containerregistry.azure.net)")
+    create.add_argument("--password", "-p",
                         help="a reference to the password or token: env:NAME, file:/path or "
                              "keyvault:https://<vault>.vault.azure.net/secrets/<name> (never the secret itself)")
     actions.add_parser("list", help="every set, with its health (last success and failure)")

@@ -40,7 +40,10 @@ from registry.ops.secrets import SecretReader, SecretUnavailable, key_vault_cred
 from registry.ops.upstream import GuardedConnector, UpstreamForbidden
 from registry.settings import Settings
 from registry.storage.events import (
+    ABANDONED,
+    ABSENT,
     EVENT_GRID,
+    HANDED_ON,
     REFERENCE_PREFIXES,
     RESERVED_HEADERS,
     Delivery,
@@ -123,10 +126,10 @@ class EventDispatcher:
         # here too would deliver it twice whenever messages queue up behind a slow worker.
         if datetime.now(UTC) - datetime.fromisoformat(body["announced"]) >= self._sweep_age():
             return
-        row = await outbox.find(partition, event_id)
+        state, row = await outbox.lookup(partition, event_id)
         if row is not None:
             await self.fan_out(partition, row)
-        else:  # its write has not committed yet (or never will: the sweep decides that)
+        elif state == ABSENT:  # its write has not committed yet (or never will: the sweep decides that)
             await outbox.queue.send({**body, "look": look + 1}, delay=min(2 ** look, 30))
 
     def _sweep_age(self) -> timedelta:
@@ -135,7 +138,7 @@ class EventDispatcher:
     def _write_window(self) -> timedelta:
         """How long after its announcement a write usually commits: its budget, plus slack. A
         write later than that is not lost: `abandon` makes it fail (and its client retry)."""
-        return timedelta(seconds=self._settings.request_budget_seconds + 30)
+        return timedelta(seconds=self._settings.request_budget_seconds + 60)
 
     async def fan_out(self, partition: str, row: dict[str, Any]) -> None:
         """Hand a recorded event to every subscriber that wants it, then forget the record.
@@ -180,23 +183,32 @@ class EventDispatcher:
                             target.get("tag", ""), target.get("digest", ""), attempt, outcome, status, milliseconds,
                             error, payload=payload)
 
-        if hook is None or not hook.enabled:
-            await self._store.deliveries.record(entry("skipped", None, 0, "the webhook is gone or disabled"))
+        if hook is None:  # deleted (with its log): nothing to tell anyone
+            log.info("webhook %s is gone: event %s not delivered", name, event["id"])
+            return
+        if not hook.enabled:
+            await self._log(entry("skipped", None, 0, "the webhook is disabled"))
             return
         status, milliseconds, error = await self.post(hook, event)
         if status is not None and 200 <= status < 300:
-            await self._store.deliveries.record(entry("delivered", status, milliseconds))
+            await self._log(entry("delivered", status, milliseconds))
         elif attempt < self._settings.webhook_attempts:
-            # The record first: if the retry's message fails, this message comes back, and the
-            # record is written again (harmless); the other way round, retries could multiply.
-            await self._store.deliveries.record(entry("retrying", status, milliseconds, error))
+            # The only step that raises: the message comes back and the attempt is made again.
             delay = retry_delay(attempt, self._settings.webhook_backoff_seconds)
             await self._store.events.queue.send(deliver_message(name, event, attempt + 1), delay=delay)
+            await self._log(entry("retrying", status, milliseconds, error))
         else:
-            await self._store.deliveries.record(entry("dead-lettered", status, milliseconds, error,
-                                                      payload=json.dumps(event)))
+            await self._log(entry("dead-lettered", status, milliseconds, error, payload=json.dumps(event)))
             log.warning("webhook %s: event %s dead-lettered after %d attempts (%s)", name, event["id"],
                         attempt, error or f"HTTP {status}")
+
+    async def _log(self, delivery: Delivery) -> None:
+        """The delivery log is for people: a failure to write it never repeats a delivery."""
+        try:
+            await self._store.deliveries.record(delivery)
+        except Exception as error:
+            log.warning("webhook %s: delivery of %s (%s) not logged: %r", delivery.webhook, delivery.event_id,
+                        delivery.outcome, error)
 
     async def post(self, hook: Webhook, event: dict[str, Any]) -> tuple[int | None, int, str]:
         """POST one event: (HTTP status or None, milliseconds, what went wrong)."""
@@ -284,15 +296,17 @@ class EventDispatcher:
 
     async def _sweep_one(self, intent: Intent, report: SweepReport) -> None:
         outbox = self._store.events
-        age = datetime.now(UTC) - intent.written
-        if intent.abandoned:  # fenced: once no late write can meet the tombstone, both go
+        age = datetime.now(UTC) - intent.announced
+        if intent.settled:  # handed on or fenced: once no write can meet its marker, both go
             if age > 2 * self._write_window():
                 await outbox.forget(intent.partition, intent.event_id)
             return
         if not await outbox.claim(intent):  # another sweep has it
             return
-        row = await outbox.find(intent.partition, intent.event_id)
-        if row is None and age > self._write_window():
+        state, row = await outbox.lookup(intent.partition, intent.event_id)
+        if state == HANDED_ON:  # handed on, its intent not yet marked
+            await outbox.done(intent.partition, intent.event_id)
+        elif state == ABANDONED or (state == ABSENT and age > self._write_window()):
             row = await outbox.abandon(intent.partition, intent.event_id)
             if row is None:
                 report.abandoned += 1

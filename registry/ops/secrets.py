@@ -4,6 +4,12 @@ the app's managed identity, which needs Key Vault Secrets User on the secret).
 
 Key Vault references go only to Key Vault's own hosts: the identity's token is never sent to an
 address a credential set's author chose.
+
+A set whose password is `identity:<audience>` holds no secret: the app's managed identity gets
+an Entra token for that audience (ACR: https://containerregistry.azure.net; another Berth: its
+app ID URI) and exchanges it at the set's own registry (`/oauth2/exchange`, as `az acr login`
+does) for a refresh token, the password of the token user. The Entra token goes only to the
+registry the set names, over the scheme the import or cache rule names.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from registry.ops.upstream import SourceImage, registry_host
-from registry.storage.credential_sets import CredentialSet, CredentialSets
+from registry.storage.credential_sets import IDENTITY, TOKEN_USER, CredentialSet, CredentialSets
 
 VAULT_SUFFIXES = (".vault.azure.net", ".vault.azure.cn", ".vault.usgovcloudapi.net")
 VAULT_SCOPE = "https://vault.azure.net/.default"
@@ -36,8 +42,10 @@ class SecretReader:
         self._session = session
         self._credential = credential
 
-    async def login(self, credential_set: CredentialSet) -> tuple[str, str]:
-        """The user name and password a set refers to."""
+    async def login(self, credential_set: CredentialSet, source: SourceImage) -> tuple[str, str]:
+        """The user name and password a set refers to (for `source`, of the set's registry)."""
+        if credential_set.password.startswith(IDENTITY):
+            return TOKEN_USER, await self._exchange(credential_set.password[len(IDENTITY):], source)
         username = credential_set.username
         if username.startswith(("env:", "file:", "keyvault:")):
             username = await self.read(username)
@@ -82,6 +90,30 @@ class SecretReader:
         return value
 
 
+    async def _exchange(self, audience: str, source: SourceImage) -> str:
+        """A refresh token of `source`'s registry for the app's identity (ACR's token exchange)."""
+        if self._credential is None:
+            raise SecretUnavailable("identity: sets need a managed identity (BERTH_MANAGED_IDENTITY_CLIENT_ID)")
+        try:
+            token = await (await self._credential()).get_token(audience.rstrip("/") + "/.default")
+        except Exception as error:  # the credential chain's own errors: no secret in them
+            raise SecretUnavailable(f"no managed-identity token for {audience}: {type(error).__name__}") from None
+        url = f"{source.scheme}://{source.api_host}/oauth2/exchange"
+        form = {"grant_type": "access_token", "service": registry_host(source.registry), "access_token": token.token}
+        try:
+            async with self._session.post(url, data=form, allow_redirects=False) as response:
+                if response.status != 200:
+                    raise SecretUnavailable(f"{source.registry} refused the managed identity's token "
+                                            f"(HTTP {response.status})")
+                document = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            raise SecretUnavailable(f"{source.registry} did not exchange the token: {type(error).__name__}") from None
+        refresh = document.get("refresh_token") if isinstance(document, dict) else None
+        if not isinstance(refresh, str) or not refresh:
+            raise SecretUnavailable(f"{source.registry} answered the exchange without a refresh token")
+        return refresh
+
+
 class VaultIdentity:
     """The app's identity for Key Vault: made on first use, kept, closed with its owner."""
 
@@ -116,7 +148,7 @@ async def login_with_set(sets: CredentialSets, reader: SecretReader, name: str,
         raise SecretUnavailable(f"credential set {name} is for {credential_set.login_server}, "
                                 f"not {source.registry}")
     try:
-        return await reader.login(credential_set)
+        return await reader.login(credential_set, source)
     except SecretUnavailable as error:
         await sets.record(name, str(error))
         raise

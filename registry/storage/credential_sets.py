@@ -25,8 +25,13 @@ log = logging.getLogger("berth.storage")
 PARTITION = "credentialset"
 NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9-]{1,48}[a-zA-Z0-9]")
 MAX_REASON = 300
-# Where a secret may live: an environment variable, a file, or a Key Vault secret.
-REFERENCE = re.compile(r"(env:[A-Za-z_][A-Za-z0-9_]*|file:/.+|keyvault:https://[^/\s]+/secrets/[^\s]+)")
+# Where a secret may live: an environment variable, a file, or a Key Vault secret; or no secret at
+# all: `identity:<audience>`, the app's managed identity (ops/secrets.py, `login`).
+REFERENCE = re.compile(r"(env:[A-Za-z_][A-Za-z0-9_]*|file:/.+|keyvault:https://[^/\s]+/secrets/[^\s]+"
+                       r"|identity:[A-Za-z][A-Za-z0-9+.-]*://[^\s]+)")
+IDENTITY = "identity:"
+# The user name that says "the password is a token" (ACR's, and Berth's token service's).
+TOKEN_USER = "00000000-0000-0000-0000-000000000000"
 
 
 @dataclass(frozen=True)

@@ -36,20 +36,22 @@ from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
 
 from registry.oci.errors import NAME_UNKNOWN, RegistryError
 from registry.oci.events import ACTIONS, DEFAULT_ACTIONS, SCHEMAS, EventRecord, RequestInfo, parse_scope
 from registry.storage.errors import unavailable
-from registry.storage.metadata import MetadataStore, int64, read_int
+from registry.storage.metadata import MAX_BATCH, MetadataStore, int64, read_int
 
 EVENT = "e:"  # an event row in its repository's partition
 PENDING = "pending:"  # intents: partitions pending:00 .. pending:15
 PENDING_PARTITIONS = 16
 ABANDONED = "abandoned"  # an event row that is a tombstone (EventOutbox.abandon)
+HANDED = "handed"  # an event row handed on to its subscribers (EventOutbox.done)
 ANNOUNCE_SECONDS = 1.0
+FRESH_SECONDS = 30.0  # a transaction carries an event announced at most this long ago
 MAX_FIELD = 255
 LOG = "log:"
 WEBHOOK_PARTITION = "webhook"
@@ -281,6 +283,7 @@ class PendingEvent:
 
     id: str
     partition: str
+    fresh_until: float = 0.0  # time.monotonic(): see EventOutbox.fresh
 
     def operation(self, action: str, repository: str, digest: str, media_type: str, size: int | None,
                   tags: tuple[str, ...] = (), artifact_type: str | None = None,
@@ -325,14 +328,19 @@ def pending_partition(event_id: str) -> str:
     return f"{PENDING}{int(event_id[:4], 16) % PENDING_PARTITIONS:02d}"
 
 
+# What a write's event row is, after the write: the event itself, or one of two markers that keep
+# its key taken until no late or retried write can meet it (EventOutbox.forget).
+ABSENT, RECORDED, HANDED_ON = "absent", "recorded", "handed-on"
+
+
 @dataclass(frozen=True)
 class Intent:
     """An announced event the sweep looks at."""
 
     partition: str  # the repository's
     event_id: str
-    written: datetime  # when the intent was written (storage's clock)
-    abandoned: bool  # its tombstone is written: the write can no longer commit
+    announced: datetime  # when `prepare` wrote it (its writer's clock); the sweep's age
+    settled: str  # "", HANDED_ON or ABANDONED: its event row is a marker now
     row: dict[str, Any]
 
 
@@ -364,14 +372,33 @@ class EventOutbox:
         """An id and an intent for the event of a write about to happen; None without subscribers."""
         if not self._always and not any(hook.enabled for hook in await self.webhooks.current()):
             return None
-        pending = PendingEvent(uuid.uuid4().hex, partition)
+        pending = PendingEvent(uuid.uuid4().hex, partition, time.monotonic() + FRESH_SECONDS)
         # Both at once (a message found before its event looks again; see ops/events.py). The row
         # must be written: without it a crash could lose the event. The message only saves time.
         await asyncio.gather(
             self.table.upsert_entity({"PartitionKey": pending_partition(pending.id), "RowKey": pending.id,
-                                      "partition": partition}),
+                                      "partition": partition, "announced": datetime.now(UTC)}),
             self._announce(pending))
         return pending
+
+    async def fresh(self, pending: PendingEvent | None) -> PendingEvent | None:
+        """The event to carry in the next transaction: a new one once `pending` is older than
+        FRESH_SECONDS, so a transaction always lands well inside its intent's window, however
+        long the write took before it (a repository delete, an import, retention)."""
+        if pending is None or time.monotonic() < pending.fresh_until:
+            return pending
+        await self.withdraw(pending)  # never carried by a transaction that may have committed
+        return await self.prepare(pending.partition)
+
+    async def withdraw(self, pending: PendingEvent | None) -> None:
+        """A write that certainly did not commit: its intent goes now (best effort; the sweep
+        would otherwise fence it off later)."""
+        if pending is None:
+            return
+        try:
+            await _delete(self.table, pending_partition(pending.id), pending.id)
+        except Exception as error:
+            log.info("intent %s stays for the sweep: %r", pending.id, error)
 
     async def _announce(self, pending: PendingEvent) -> None:
         if self._fault:
@@ -390,24 +417,32 @@ class EventOutbox:
 
     async def recorded(self, pending: PendingEvent | None) -> bool:
         """After a write's transaction failed: whether it had committed after all (a retried
-        request whose first answer was lost). A tombstone means the write took too long: 503."""
+        request whose first answer was lost; its event may be handed on by now). A tombstone
+        means the write took too long and can never commit: 503, the client retries."""
         if pending is None:
             return False
-        row = await self._metadata.get(self._metadata.repos, pending.partition, EVENT + pending.id)
-        if row is not None and row.get(ABANDONED):
+        state, _ = await self.lookup(pending.partition, pending.id)
+        if state == ABANDONED:
             raise unavailable("the write took too long; its event was given up: retry it")
-        return row is not None
+        return state != ABSENT
 
-    async def find(self, partition: str, event_id: str) -> dict[str, Any] | None:
-        """The event row of a write that happened; None if there is none (yet) or a tombstone."""
+    async def lookup(self, partition: str, event_id: str) -> tuple[str, dict[str, Any] | None]:
+        """(ABSENT | RECORDED | HANDED_ON | ABANDONED, the event row if RECORDED)."""
         row = await self._metadata.get(self._metadata.repos, partition, EVENT + event_id)
-        return None if row is None or row.get(ABANDONED) else row
+        if row is None:
+            return ABSENT, None
+        if row.get(ABANDONED):
+            return ABANDONED, None
+        if row.get(HANDED):
+            return HANDED_ON, None
+        return RECORDED, row
 
     async def done(self, partition: str, event_id: str) -> None:
-        """The event is handed to every subscriber: its row, then its intent, go (unconditionally:
-        neither is ever rewritten)."""
-        await _delete(self._metadata.repos, partition, EVENT + event_id)
-        await _delete(self.table, pending_partition(event_id), event_id)
+        """The event is handed on: its row becomes a marker (a retried write that meets it knows
+        it committed), its intent says so; the sweep forgets both later."""
+        await self._metadata.repos.upsert_entity({"PartitionKey": partition, "RowKey": EVENT + event_id, HANDED: True},
+                                                 mode=UpdateMode.REPLACE)
+        await self._settle(event_id, HANDED_ON)
 
     async def abandon(self, partition: str, event_id: str) -> dict[str, Any] | None:
         """Give up an event whose write has not committed: a tombstone takes the event row's key,
@@ -417,30 +452,41 @@ class EventOutbox:
             await self._metadata.repos.create_entity({"PartitionKey": partition, "RowKey": EVENT + event_id,
                                                       ABANDONED: True})
         except ResourceExistsError:
-            row = await self.find(partition, event_id)
-            if row is not None:
+            state, row = await self.lookup(partition, event_id)
+            if state == RECORDED:
                 return row
-        await self.table.upsert_entity({"PartitionKey": pending_partition(event_id), "RowKey": event_id,
-                                        "partition": partition, ABANDONED: True}, mode=UpdateMode.MERGE)
+            await self._settle(event_id, state)
+            return None
+        await self._settle(event_id, ABANDONED)
         return None
 
+    async def _settle(self, event_id: str, settled: str) -> None:
+        try:  # a MERGE: an intent already forgotten is not brought back
+            await self.table.update_entity({"PartitionKey": pending_partition(event_id), "RowKey": event_id,
+                                            "settled": settled}, mode=UpdateMode.MERGE)
+        except ResourceNotFoundError:
+            pass
+
     async def forget(self, partition: str, event_id: str) -> None:
-        """A tombstone no late write can meet any more, and its intent."""
+        """A marker no late or retried write can meet any more, and its intent."""
         await _delete(self._metadata.repos, partition, EVENT + event_id)
         await _delete(self.table, pending_partition(event_id), event_id)
 
     async def intents(self, older_than: timedelta) -> AsyncIterator[Intent]:
-        """Intents written longer than `older_than` ago, every partition."""
+        """Intents last written longer than `older_than` ago (storage's clock), every partition."""
         cutoff = datetime.now(UTC) - older_than
         for shard in range(PENDING_PARTITIONS):
             async for row in self._metadata.scan(self.table, f"{PENDING}{shard:02d}", "",
                                                  extra_filter=" and Timestamp lt @cutoff",
                                                  parameters={"cutoff": cutoff}):
-                yield Intent(row["partition"], row["RowKey"], row.metadata["timestamp"], bool(row.get(ABANDONED)),
-                             row)
+                announced = row.get("announced")
+                yield Intent(row["partition"], row["RowKey"],
+                             announced if isinstance(announced, datetime) else row.metadata["timestamp"],
+                             row.get("settled") or "", row)
 
     async def claim(self, intent: Intent) -> bool:
-        """One sweep takes an intent (If-Match): sweeps on several instances do not all hand it on."""
+        """One sweep takes an intent (If-Match): sweeps on several instances do not all hand it on.
+        The write restarts the row's Timestamp: the next sweeps skip it for a sweep age, a lease."""
         try:
             await self.table.update_entity(
                 {"PartitionKey": intent.row["PartitionKey"], "RowKey": intent.event_id, "swept": datetime.now(UTC)},
@@ -517,8 +563,14 @@ class DeliveryLog:
         low = f"{_NEVER - int(cutoff.timestamp() * 1000):013d}"
         stale = [row async for row in self._metadata.scan(self._table, LOG + webhook, "", after=low,
                                                           select=["RowKey"])]
-        for row in stale:
-            await self._table.delete_entity(LOG + webhook, row["RowKey"])
+        for start in range(0, len(stale), MAX_BATCH):
+            batch = [("delete", {"PartitionKey": LOG + webhook, "RowKey": row["RowKey"]})
+                     for row in stale[start:start + MAX_BATCH]]
+            try:
+                await self._table.submit_transaction(batch)
+            except TableTransactionError:  # another pruner took some: one by one
+                for _, row in batch:
+                    await _delete(self._table, row["PartitionKey"], row["RowKey"])
         return len(stale)
 
 def _delivery(webhook: str, row: dict[str, Any]) -> Delivery:

@@ -169,6 +169,9 @@ class ManifestStore:
         if self.events is not None:
             self.events.committed(pending)
 
+    async def _fresh(self, pending: PendingEvent | None) -> PendingEvent | None:
+        return pending if self.events is None else await self.events.fresh(pending)
+
     async def _recorded(self, pending: PendingEvent | None) -> bool:
         """A conflict may be our own transaction, committed on a retried request: its event row says."""
         if self.events is None or not await self.events.recorded(pending):
@@ -205,6 +208,7 @@ class ManifestStore:
         references = [] if cached_from_upstream else _reference_touches(partition, digest, manifest, now)
         gone: set[str] = set()  # manifests a tag named that are not there: nothing to stamp
         for _ in range(ATTEMPTS):
+            pending = await self._fresh(pending)
             if existing is not None and rendition_of is not None:
                 return  # the rendition exists: renditions.py settles the rest with its pointer
             # A manifest already stored keeps its media type: the first push decided it.
@@ -416,16 +420,16 @@ class ManifestStore:
                                                           f"{REFERRER}{row['subject']}:{digest}")
                 if referrer is not None:
                     operations.append(("delete", referrer, {}))
-            # The row and the event last, in one transaction: the event is there iff the row went.
-            final: list[tuple[str, Any, dict[str, Any]]] = [("delete", row, _conditional(row))]
-            if pending is not None:
-                final.append(pending.operation("delete", repository, str(digest), row["mediaType"], None))
             try:
-                if len(operations) + len(final) <= MAX_BATCH:
-                    await self._metadata.repos.submit_transaction(operations + final)
-                else:
+                # The row and the event last, in one transaction: the event is there iff the row went.
+                if len(operations) + 2 > MAX_BATCH:  # the tags first, in transactions of their own
                     await self._metadata.transact(self._metadata.repos, operations)
-                    await self._metadata.repos.submit_transaction(final)
+                    operations = []
+                pending = await self._fresh(pending)
+                final: list[tuple[str, Any, dict[str, Any]]] = [("delete", row, _conditional(row))]
+                if pending is not None:
+                    final.append(pending.operation("delete", repository, str(digest), row["mediaType"], None))
+                await self._metadata.repos.submit_transaction(operations + final)
                 self._committed(pending)
                 break
             except TableTransactionError as error:
@@ -485,6 +489,7 @@ class ManifestStore:
             if row is None:
                 raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} is not in repository {repository}")
             check_delete(locks_of(row), f"tag {tag}")
+            pending = await self._fresh(pending)
             operations: list[Operation] = [("delete", row, _conditional(row))]
             if row["digest"] not in gone:
                 operations.append(("update", {"PartitionKey": partition, "RowKey": MANIFEST + row["digest"],

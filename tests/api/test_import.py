@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -108,10 +109,11 @@ class Pushed:
             assert got.status_code == 200 and got.content == blob
 
 
-def berth_import(azurite: Azurite, *args: str, stdin: str | None = None,
-                 command: str = "import") -> subprocess.CompletedProcess[str]:
+def berth_import(azurite: Azurite, *args: str, stdin: str | None = None, command: str = "import",
+                 extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
-           "BERTH_BLOB_CONTAINER": CONTAINER, "BERTH_TABLE_PREFIX": TABLE_PREFIX, "UPSTREAM_PULL_PASSWORD": "s3cret"}
+           "BERTH_BLOB_CONTAINER": CONTAINER, "BERTH_TABLE_PREFIX": TABLE_PREFIX, "UPSTREAM_PULL_PASSWORD": "s3cret",
+           **(extra or {})}
     return subprocess.run([sys.executable, "-m", "registry", command, *args], cwd=PROJECT_ROOT, env=env,
                           input=stdin, capture_output=True, text=True, timeout=300)
 
@@ -480,3 +482,81 @@ def test_credential_sets_keep_references_and_their_health(
     for gone in (name, stale):
         assert credential_set(azurite, "delete", gone).returncode == 0
     assert credential_set(azurite, "show", name).returncode == 1
+
+
+class ManagedIdentityEndpoint(BaseHTTPRequestHandler):
+    """The App Service managed-identity endpoint (IDENTITY_ENDPOINT, X-IDENTITY-HEADER), as
+    azure-identity calls it; its tokens are the fake Entra's, which the upstream Berth validates."""
+
+    entra: FakeEntra
+    secret = "identity-header-secret"
+    asked: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        from urllib.parse import parse_qs, urlsplit
+
+        query = parse_qs(urlsplit(self.path).query)
+        type(self).asked.append(query.get("resource", [""])[0])
+        if self.headers.get("X-IDENTITY-HEADER") != self.secret:
+            self.send_response(401)
+            self.end_headers()
+            return
+        body = json.dumps({"access_token": self.entra.token(["AcrPull"]), "expires_on": str(int(time.time()) + 3600),
+                           "resource": query.get("resource", [""])[0], "token_type": "Bearer"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_managed_identity_logs_in_to_an_upstream_berth_without_a_secret(
+        azurite: Azurite, auth_server: Server, entra: FakeEntra, client: httpx.Client, repo: str) -> None:
+    """A credential set with --managed-identity: the app's identity gets an Entra token for the
+    upstream's audience and exchanges it there (/oauth2/exchange) for a refresh token: no secret
+    stored anywhere. The upstream is a Berth with token auth, validating Entra tokens for real."""
+    source = f"up/{os.urandom(4).hex()}"
+    token = access_token(auth_server, ADMIN_USER, ADMIN_PASSWORD, f"repository:{source}:pull,push")
+    with httpx.Client(base_url=auth_server.url, timeout=30, headers=bearer(token)) as upstream:
+        image = Pushed(upstream, source, "v1")
+    ManagedIdentityEndpoint.entra, ManagedIdentityEndpoint.asked = entra, []
+    identity = ThreadingHTTPServer(("127.0.0.1", 0), ManagedIdentityEndpoint)
+    threading.Thread(target=identity.serve_forever, daemon=True).start()
+    env = {"IDENTITY_ENDPOINT": f"http://127.0.0.1:{identity.server_address[1]}/msi/token",
+           "IDENTITY_HEADER": ManagedIdentityEndpoint.secret}
+    name = f"mi-{os.urandom(3).hex()}"
+    try:
+        made = credential_set(azurite, "create", name, "-l", auth_server.host, "--managed-identity",
+                              "--audience", "api://berth-registry")
+        assert made.returncode == 0, made.stderr
+        shown = json.loads(made.stdout)
+        assert shown["username"] == "00000000-0000-0000-0000-000000000000"
+        assert shown["password"] == "identity:api://berth-registry"  # what to ask for, no secret
+        assert credential_set(azurite, "create", f"{name}-x", "-l", "other.example", "--managed-identity"
+                              ).returncode == 2  # not ACR: the audience must be given
+        done = berth_import(azurite, "--source", f"http://{auth_server.host}/{source}:v1", "--image", f"{repo}:v1",
+                            "--credential-set", name, extra=env)
+        assert done.returncode == 0, done.stderr
+        assert ManagedIdentityEndpoint.asked == ["api://berth-registry"]
+        image.pulls_from(client, repo, "v1")
+        assert json.loads(credential_set(azurite, "show", name).stdout)["health"] == "healthy"
+        # The upstream refuses a token without a pull role: the set shows why.
+        ManagedIdentityEndpoint.entra = _NoRoles(entra)
+        refused = berth_import(azurite, "--source", f"http://{auth_server.host}/{source}:v1", "--image",
+                               f"{repo}:v2", "--credential-set", name, extra=env)
+        assert refused.returncode == 1
+    finally:
+        identity.shutdown()
+        identity.server_close()
+        credential_set(azurite, "delete", name)
+
+
+class _NoRoles:
+    def __init__(self, entra: FakeEntra):
+        self._entra = entra
+
+    def token(self, roles: list[str] | None = None) -> str:
+        return self._entra.token([])

@@ -9,17 +9,19 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from azure.data.tables import TableTransactionError
+from azure.data.tables import TableTransactionError, UpdateMode
 
 from registry.app import BerthApplication
 from registry.azurite import Azurite
 from registry.oci.digest import Digest, parse_digest
 from registry.oci.errors import UNAVAILABLE, RegistryError
 from registry.oci.manifest import Manifest, parse_manifest
+from registry.ops.events import EventDispatcher
 from registry.settings import load_settings
-from registry.storage.events import EVENT, PendingEvent, Webhook
+from registry.storage.events import ABANDONED, ABSENT, EVENT, HANDED_ON, PendingEvent, Webhook, pending_partition
 from registry.storage.metadata import repository_key
 
 PREFIX = "berthfence"
@@ -29,7 +31,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 def run(azurite: Azurite, scenario: Callable[[BerthApplication], Awaitable[None]]) -> None:
     settings = load_settings({"BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
                               "BERTH_TABLE_PREFIX": PREFIX, "BERTH_BLOB_CONTAINER": PREFIX,
-                              "BERTH_WEBHOOKS_TTL_SECONDS": "0"})
+                              "BERTH_WEBHOOKS_TTL_SECONDS": "0", "BERTH_EVENT_SWEEP_AGE_SECONDS": "1"})
 
     async def main() -> None:
         berth = BerthApplication(settings)
@@ -71,7 +73,7 @@ def test_an_abandoned_event_fences_off_its_late_write(azurite: Azurite) -> None:
             await (await berth.context()).store.metadata.repos.submit_transaction(
                 [pending.operation("push", "fence/x", "sha256:" + "0" * 64, OCI_MANIFEST, 2, ("v1",))])
         assert refused.value.status_code == 409
-        assert await outbox.find(partition, pending.id) is None  # the tombstone is no event
+        assert (await outbox.lookup(partition, pending.id)) == (ABANDONED, None)  # a tombstone, no event
         with pytest.raises(RegistryError) as late:
             await outbox.recorded(pending)
         assert late.value.error is UNAVAILABLE
@@ -89,6 +91,10 @@ def test_a_write_that_committed_is_never_abandoned(azurite: Azurite) -> None:
             [pending.operation("push", "fence/x", "sha256:" + "0" * 64, OCI_MANIFEST, 2, ("v1",))])
         row = await store.events.abandon(partition, pending.id)
         assert row is not None and row["RowKey"] == EVENT + pending.id  # handed on, not fenced
+        assert await store.events.recorded(pending)
+        await store.events.done(partition, pending.id)
+        # Handed on: a retried write that meets the marker knows it committed.
+        assert (await store.events.lookup(partition, pending.id)) == (HANDED_ON, None)
         assert await store.events.recorded(pending)
 
     run(azurite, scenario)
@@ -119,5 +125,31 @@ def test_a_push_whose_event_was_given_up_fails_and_leaves_nothing(azurite: Azuri
         assert [row["RowKey"][:2] for row in rows] == ["b:", "e:"]
         await store.manifests.put(repository, digest, body, manifest, ["v1"])  # a retry goes through
         assert (await store.manifests.get(repository, "v1")).digest == digest
+
+    run(azurite, scenario)
+
+
+def test_the_sweep_fences_off_an_old_intent_and_later_forgets_it(azurite: Azurite) -> None:
+    """Its age is the announcement's, not the row's last write (a sweep's claim rewrites the row)."""
+    async def scenario(berth: BerthApplication) -> None:
+        store = (await berth.context()).store
+        partition = repository_key(f"fence/{uuid.uuid4().hex[:8]}")
+        pending = await store.events.prepare(partition)
+        assert pending is not None
+        long_ago = datetime.now(UTC) - timedelta(hours=1)
+        await store.events.table.update_entity({"PartitionKey": pending_partition(pending.id), "RowKey": pending.id,
+                                                "announced": long_ago}, mode=UpdateMode.MERGE)
+        await asyncio.sleep(1.2)  # older than the sweep age (1 s here) by storage's clock
+        dispatcher = EventDispatcher(store, berth.settings)
+        try:
+            first = await dispatcher.sweep()  # (other tests' intents in these tables are swept too)
+            assert first.abandoned >= 1
+            assert (await store.events.lookup(partition, pending.id)) == (ABANDONED, None)
+            await asyncio.sleep(1.2)
+            await dispatcher.sweep()  # long past twice the window: tombstone and intent go
+            assert (await store.events.lookup(partition, pending.id))[0] == ABSENT
+            assert [i async for i in store.events.intents(timedelta(0)) if i.event_id == pending.id] == []
+        finally:
+            await dispatcher.close()
 
     run(azurite, scenario)
