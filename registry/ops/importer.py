@@ -28,6 +28,7 @@ BLOBS_IN_FLIGHT = 4
 MAX_REFERRER_DEPTH = 3  # a signature of an SBOM of an image
 MAX_INDEX_DEPTH = 2  # an index of indexes, no deeper
 MAX_MANIFESTS = 2000  # per import: children, referrers and theirs
+COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
 OWNER = "import"  # the owner of the import's upload sessions
 
 # (event, digest, bytes done, bytes in all): "blob" while bytes stream, "present"/"mounted"
@@ -169,6 +170,24 @@ class Importer:
                 await self._copy(source, repository, referrer_body, referrer_type, referrer, (), report, True,
                                  depth + 1)
                 report.referrers += 1
+            await self._tagged_referrers(source, repository, digest, report, depth)
+
+    async def _tagged_referrers(self, source: SourceImage, repository: str, digest: Digest, report: ImportReport,
+                                depth: int) -> None:
+        """Referrers kept as tags, the way cosign stores signatures, attestations and SBOMs
+        without the referrers API (`sha256-<hex>.sig`, `.att`, `.sbom`): copied with their tag,
+        which moves when upstream's has (cosign rewrites it for every new signature)."""
+        for suffix in COSIGN_SUFFIXES:
+            tag = f"{digest.algorithm}-{digest.hex}{suffix}"
+            try:
+                tagged = await self._client.head_manifest(source, tag)
+            except UpstreamError as error:
+                if error.status == 404:
+                    continue
+                raise
+            body, media_type, found = await self._fetch(source, tagged)
+            await self._copy(source, repository, body, media_type, found, (tag,), report, True, depth + 1)
+            report.referrers += 1
 
     async def copy_blob(self, source: SourceImage, repository: str, blob: Descriptor, report: ImportReport) -> None:
         """One blob into `repository`, unless it is there (or, if allowed, linked from another)."""

@@ -140,6 +140,35 @@ def test_every_platform_from_the_cncf_registry_and_again_for_nothing(
     image.pulls_from(client, other, "x")
 
 
+def test_cosign_signatures_kept_as_tags_come_along(azurite: Azurite, cncf: str, client: httpx.Client,
+                                                   repo: str) -> None:
+    """cosign without the referrers API stores a signature as the tag `sha256-<hex>.sig` (and
+    `.att`, `.sbom`): --include-referrers copies those tags too; without it they stay behind."""
+    source = f"team/signed{os.urandom(3).hex()}"
+    with httpx.Client(base_url=f"http://{cncf}", timeout=30) as upstream:
+        image = Pushed(upstream, source, "1.0")
+        empty, payload = b"{}", json.dumps({"critical": {"image": {"docker-manifest-digest": image.digest}}}).encode()
+        upload(upstream, source, empty)
+        upload(upstream, source, payload)
+        signature = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                                "config": descriptor("application/vnd.oci.image.config.v1+json", empty),
+                                "layers": [descriptor("application/vnd.dev.cosign.simplesigning.v1+json", payload,
+                                                      annotations={"dev.cosignproject.cosign/signature": "MEUC"})]
+                                }).encode()
+        sig_tag = f"sha256-{image.digest.split(':')[1]}.sig"
+        put(upstream, source, sig_tag, signature, OCI_MANIFEST)
+    plain = berth_import(azurite, "--source", f"http://{cncf}/{source}:1.0", "--image", f"{repo}:1.0")
+    assert plain.returncode == 0, plain.stderr
+    assert client.head(f"/v2/{repo}/manifests/{sig_tag}").status_code == 404
+    done = berth_import(azurite, "--source", f"http://{cncf}/{source}:1.0", "--image", f"{repo}:1.0",
+                        "--include-referrers")
+    assert done.returncode == 0, done.stderr
+    assert "(1 referrers)" in done.stdout, done.stdout
+    copied = client.get(f"/v2/{repo}/manifests/{sig_tag}", headers={"Accept": OCI_MANIFEST})
+    assert copied.status_code == 200 and copied.content == signature
+    image.pulls_from(client, repo, "1.0")
+
+
 def test_one_platform_and_force(azurite: Azurite, cncf: str, client: httpx.Client, repo: str) -> None:
     with httpx.Client(base_url=f"http://{cncf}", timeout=30) as upstream:
         image = Pushed(upstream, "team/one", "1.0")
