@@ -24,6 +24,9 @@ param vnetAddressPrefix string = '10.40.0.0/16'
 param integrationSubnetPrefix string = '10.40.1.0/24'
 param privateEndpointSubnetPrefix string = '10.40.2.0/24'
 
+@description('Outbound internet access for the app through a NAT gateway with a static public IP (Entra ID signing keys, upstream registries, public webhooks). Off: the app reaches only its private endpoints and the VNet (Entra ID logins then fail unless a firewall routes the traffic).')
+param natGateway bool = true
+
 @description('Resource id of a VNet whose clients pull from the registry (its private DNS zones get linked); empty for none.')
 param clientVnetId string = ''
 
@@ -125,6 +128,7 @@ module network 'modules/network.bicep' = {
     addressPrefix: vnetAddressPrefix
     integrationSubnetPrefix: integrationSubnetPrefix
     privateEndpointSubnetPrefix: privateEndpointSubnetPrefix
+    natGateway: natGateway
     tags: tags
   }
 }
@@ -383,4 +387,6 @@ output loginServer string = functionApp.outputs.defaultHostName
 output functionAppName string = functionApp.outputs.name
 output storageAccountName string = storageName
 output identityClientId string = identity.properties.clientId
+@description('Where the registry\'s outbound traffic comes from: allow-list it at upstream registries and webhook receivers.')
+output egressAddress string = network.outputs.egressAddress
 output deploymentContainer string = deploymentContainer

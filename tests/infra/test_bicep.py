@@ -126,6 +126,25 @@ def test_integration_subnet_is_delegated(parsed: dict[str, Any]) -> None:
     assert "private-endpoints" in subnets
 
 
+def test_egress_goes_through_a_nat_gateway_by_default(parsed: dict[str, Any]) -> None:
+    """The subnets have no default outbound access; the app's egress (Entra keys, upstreams,
+    webhooks) leaves through a NAT gateway with a static IP, on unless the parameter says not."""
+    main = parsed["main.bicep"]
+    assert main["parameters"]["natGateway"]["default"] is True
+    assert main["modules"]["network"]["config"]["params"]["natGateway"] == "natGateway"
+    nat = one(parsed, "Microsoft.Network/natGateways")
+    assert nat["sku"]["name"] == "Standard" and len(nat["properties"]["publicIpAddresses"]) == 1
+    address = one(parsed, "Microsoft.Network/publicIPAddresses")
+    assert address["sku"]["name"] == "Standard" and address["properties"]["publicIPAllocationMethod"] == "Static"
+    vnet = one(parsed, "Microsoft.Network/virtualNetworks")
+    subnets = {s["name"]: s["properties"] for s in vnet["properties"]["subnets"]}
+    assert all(subnet["defaultOutboundAccess"] is False for subnet in subnets.values())
+    chosen = subnets["integration"]["natGateway"]["operator"]["operands"]
+    assert chosen["condition"] == "natGateway"
+    assert chosen["true_value"]["id"]["operator"]["operands"] == {"operand_1": "nat", "operand_2": "id"}
+    assert "egressAddress" in main["outputs"]
+
+
 def test_identity_holds_exactly_the_data_roles_it_needs(parsed: dict[str, Any]) -> None:
     role_ids = parsed["main.bicep"]["variables"]["roles"]["value"]
     assert role_ids == {
