@@ -69,7 +69,10 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_213: Flex Consumption has no App Service health check; the platform replaces failed instances
   name: name
   location: location
-  tags: tags
+  // azd deploys the service `registry` (azure.yaml) to the app carrying this tag.
+  tags: union(tags, {
+    'azd-service-name': 'registry'
+  })
   kind: 'functionapp,linux'
   identity: {
     type: 'UserAssigned'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -246,3 +247,52 @@ def test_http_concurrency_per_instance_is_set(parsed: dict[str, Any]) -> None:
     assert main["parameters"]["httpPerInstanceConcurrency"]["default"] == 32
     assert main["modules"]["functionApp"]["config"]["params"]["httpPerInstanceConcurrency"] == (
         "httpPerInstanceConcurrency")
+
+
+def _yaml(path: Path) -> Any:
+    """YAML read with the tools venv's PyYAML (the app's venv has none)."""
+    tools = PROJECT_ROOT / ".venv-tools" / "bin" / "python"
+    if not tools.exists():
+        pytest.skip("the tools venv (scripts/test.sh makes it) is not there")
+    script = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"
+    read = subprocess.run([str(tools), "-c", script, str(path)], check=True, capture_output=True, text=True)
+    return json.loads(read.stdout)
+
+
+def test_the_azd_template_provisions_main_and_deploys_the_app(parsed: dict[str, Any]) -> None:
+    template = _yaml(PROJECT_ROOT / "azure.yaml")
+    assert template["infra"] == {"provider": "bicep", "path": "infra", "module": "azd"}
+    assert template["services"]["registry"] == {"project": ".", "language": "python", "host": "function"}
+    hook = PROJECT_ROOT / template["hooks"]["preprovision"]["posix"]["run"]
+    assert hook.exists() and os.access(hook, os.X_OK)
+    azd = parsed["azd.bicep"]
+    assert azd["modules"]["registry"]["detail"]["path"] == "main.bicep"
+    given = json.loads((INFRA / "azd.parameters.json").read_text())["parameters"]
+    required = {name for name, parameter in azd["parameters"].items() if parameter["default"] is None}
+    assert required <= set(given), required - set(given)  # azd fills every one from its environment
+    assert given["tokenSigningKey"]["value"] == "${BERTH_TOKEN_SIGNING_KEY}"
+    site = one(parsed, "Microsoft.Web/sites")
+    assert "azd-service-name" in json.dumps(site["tags"])
+    assert {"azure.yaml", ".azure/"} <= set((PROJECT_ROOT / ".funcignore").read_text().split())
+
+
+def test_the_azd_hook_wants_the_audience_and_makes_the_signing_key(tmp_path: Path) -> None:
+    """The preprovision hook as azd runs it, with a stand-in `azd` that records `env set`."""
+    fake = tmp_path / "bin" / "azd"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\n[ "$1 $2" = "env get-value" ] && exit 1\necho "$@" >> "$AZD_CALLS"\n')
+    fake.chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "AZD_CALLS": str(calls)}
+    hook = str(PROJECT_ROOT / "scripts" / "azd-preprovision.sh")
+    refused = subprocess.run([hook], env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "BERTH_ENTRA_AUDIENCE" in refused.stderr and not calls.exists()
+    made = subprocess.run([hook], env={**env, "BERTH_ENTRA_AUDIENCE": "api://berth-registry"},
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    *command, key = calls.read_text().split()
+    assert command == ["env", "set", "BERTH_TOKEN_SIGNING_KEY"]
+    assert len(base64.b64decode(key, validate=True)) == 32
+    kept = subprocess.run([hook], env={**env, "BERTH_ENTRA_AUDIENCE": "a", "BERTH_TOKEN_SIGNING_KEY": key},
+                          capture_output=True, text=True)
+    assert kept.returncode == 0 and calls.read_text().count("\n") == 1  # an existing key is kept
