@@ -24,6 +24,15 @@ param vnetAddressPrefix string = '10.40.0.0/16'
 param integrationSubnetPrefix string = '10.40.1.0/24'
 param privateEndpointSubnetPrefix string = '10.40.2.0/24'
 
+@description('Hub-spoke: an existing subnet for the app\'s VNet integration (delegated to Microsoft.App/environments, /27 or larger); with it no VNet is created (and natGateway does not apply: egress is the hub\'s).')
+param existingIntegrationSubnetId string = ''
+
+@description('Hub-spoke: an existing subnet for the private endpoints (with existingIntegrationSubnetId).')
+param existingPrivateEndpointSubnetId string = ''
+
+@description('Hub-spoke: existing private DNS zones by service (blob, table, queue, sites, eventgrid -> zone resource id), linked centrally; a service named here gets no zone of its own.')
+param privateDnsZoneIds object = {}
+
 @description('Outbound internet access for the app through a NAT gateway with a static public IP (Entra ID signing keys, upstream registries, public webhooks). Off: the app reaches only its private endpoints and the VNet (Entra ID logins then fail unless a firewall routes the traffic).')
 param natGateway bool = true
 
@@ -114,13 +123,29 @@ var roles = {
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
 }
 
+// The subnets and VNet in use: the template's own, or the hub-spoke ones given.
+var integrationSubnetId = ownNetwork ? network.outputs.integrationSubnetId : existingIntegrationSubnetId
+var privateEndpointSubnetId = ownNetwork ? network.outputs.privateEndpointSubnetId : existingPrivateEndpointSubnetId
+var vnetId = ownNetwork ? network.outputs.vnetId : substring(existingIntegrationSubnetId, 0, indexOf(existingIntegrationSubnetId, '/subnets/'))
+
+// A zone given (hub-spoke) is used as it is; for the others, a zone of our own is created and linked.
+var givenZones = {
+  blob: contains(privateDnsZoneIds, 'blob') ? privateDnsZoneIds.blob : ''
+  table: contains(privateDnsZoneIds, 'table') ? privateDnsZoneIds.table : ''
+  queue: contains(privateDnsZoneIds, 'queue') ? privateDnsZoneIds.queue : ''
+  sites: contains(privateDnsZoneIds, 'sites') ? privateDnsZoneIds.sites : ''
+  eventgrid: contains(privateDnsZoneIds, 'eventgrid') ? privateDnsZoneIds.eventgrid : ''
+}
+
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: '${appName}-identity'
   location: location
   tags: tags
 }
 
-module network 'modules/network.bicep' = {
+var ownNetwork = empty(existingIntegrationSubnetId)
+
+module network 'modules/network.bicep' = if (ownNetwork) {
   name: 'network'
   params: {
     location: location
@@ -245,7 +270,8 @@ module eventGridZone 'modules/private-dns.bicep' = if (eventGridTopic) {
   name: 'dns-eventgrid'
   params: {
     zoneName: 'privatelink.eventgrid.azure.net'
-    vnetId: network.outputs.vnetId
+    existingZoneId: givenZones.eventgrid
+    vnetId: vnetId
     tags: tags
   }
 }
@@ -255,7 +281,7 @@ module eventGridEndpoint 'modules/private-endpoint.bicep' = if (eventGridTopic) 
   params: {
     location: location
     name: '${appName}-events-pe'
-    subnetId: network.outputs.privateEndpointSubnetId
+    subnetId: privateEndpointSubnetId
     targetId: eventGrid.outputs.id
     groupId: 'topic'
     dnsZoneId: eventGridZone.outputs.zoneId
@@ -272,6 +298,8 @@ module preconditions 'modules/preconditions.bicep' = {
   params: {
     keyVaultName: keyVaultName
     tokenSigningKey: tokenSigningKey
+    existingIntegrationSubnetId: existingIntegrationSubnetId
+    existingPrivateEndpointSubnetId: existingPrivateEndpointSubnetId
   }
 }
 
@@ -285,7 +313,7 @@ module functionApp 'modules/functionapp.bicep' = {
     storageAccountName: storageName
     storageBlobEndpoint: storage.outputs.blobEndpoint
     deploymentContainer: deploymentContainer
-    integrationSubnetId: network.outputs.integrationSubnetId
+    integrationSubnetId: integrationSubnetId
     appInsightsConnectionString: monitoring.outputs.connectionString
     publicNetworkAccess: publicNetworkAccess
     pythonVersion: pythonVersion
@@ -336,7 +364,8 @@ module storageZones 'modules/private-dns.bicep' = [for service in [
   name: 'dns-${service}'
   params: {
     zoneName: 'privatelink.${service}.${storageSuffix}'
-    vnetId: network.outputs.vnetId
+    existingZoneId: givenZones[service]
+    vnetId: vnetId
     clientVnetId: clientVnetId
     tags: tags
   }
@@ -346,7 +375,8 @@ module appZone 'modules/private-dns.bicep' = {
   name: 'dns-sites'
   params: {
     zoneName: 'privatelink.azurewebsites.net'
-    vnetId: network.outputs.vnetId
+    existingZoneId: givenZones.sites
+    vnetId: vnetId
     clientVnetId: clientVnetId
     tags: tags
   }
@@ -361,7 +391,7 @@ module storageEndpoints 'modules/private-endpoint.bicep' = [for (service, i) in 
   params: {
     location: location
     name: '${storageName}-${service}-pe'
-    subnetId: network.outputs.privateEndpointSubnetId
+    subnetId: privateEndpointSubnetId
     targetId: storage.outputs.id
     groupId: service
     dnsZoneId: storageZones[i].outputs.zoneId
@@ -374,7 +404,7 @@ module appEndpoint 'modules/private-endpoint.bicep' = {
   params: {
     location: location
     name: '${appName}-sites-pe'
-    subnetId: network.outputs.privateEndpointSubnetId
+    subnetId: privateEndpointSubnetId
     targetId: functionApp.outputs.id
     groupId: 'sites'
     dnsZoneId: appZone.outputs.zoneId
@@ -388,5 +418,5 @@ output functionAppName string = functionApp.outputs.name
 output storageAccountName string = storageName
 output identityClientId string = identity.properties.clientId
 @description('Where the registry\'s outbound traffic comes from: allow-list it at upstream registries and webhook receivers.')
-output egressAddress string = network.outputs.egressAddress
+output egressAddress string = ownNetwork ? network.outputs.egressAddress : ''
 output deploymentContainer string = deploymentContainer

@@ -11,4 +11,10 @@ param tokenSigningKey string
 
 var signingKeyGiven = (empty(keyVaultName) && empty(tokenSigningKey)) ? fail('Give keyVaultName (a Key Vault holding the token-signing key, recommended) or tokenSigningKey (base64 of at least 32 random bytes): with BERTH_AUTH=token every instance must sign registry tokens with the same key.') : true
 
-output checked bool = signingKeyGiven
+@description('Hub-spoke subnets: both or neither.')
+param existingIntegrationSubnetId string
+param existingPrivateEndpointSubnetId string
+
+var subnetsPaired = (empty(existingIntegrationSubnetId) != empty(existingPrivateEndpointSubnetId)) ? fail('Give existingIntegrationSubnetId and existingPrivateEndpointSubnetId together (an existing VNet), or neither (the template makes its own).') : true
+
+output checked bool = signingKeyGiven && subnetsPaired

@@ -132,7 +132,9 @@ def test_egress_goes_through_a_nat_gateway_by_default(parsed: dict[str, Any]) ->
     webhooks) leaves through a NAT gateway with a static IP, on unless the parameter says not."""
     main = parsed["main.bicep"]
     assert main["parameters"]["natGateway"]["default"] is True
-    assert main["modules"]["network"]["config"]["params"]["natGateway"] == "natGateway"
+    network = main["modules"]["network"]["config"]
+    assert network["condition"] == "ownNetwork"  # a template's own VNet only (hub-spoke: the hub's egress)
+    assert network["config"]["params"]["natGateway"] == "natGateway"
     nat = one(parsed, "Microsoft.Network/natGateways")
     assert nat["sku"]["name"] == "Standard" and len(nat["properties"]["publicIpAddresses"]) == 1
     address = one(parsed, "Microsoft.Network/publicIPAddresses")
@@ -234,8 +236,12 @@ def test_parameters_that_cannot_start_are_refused_at_deployment(parsed: dict[str
     assert check["operands"]["true_value"]["function"]["type"] == "fail"
     assert check["operands"]["false_value"] is True
     main = parsed["main.bicep"]
-    assert main["modules"]["preconditions"]["config"]["params"] == {"keyVaultName": "keyVaultName",
-                                                                    "tokenSigningKey": "tokenSigningKey"}
+    assert main["modules"]["preconditions"]["config"]["params"] == {
+        "keyVaultName": "keyVaultName", "tokenSigningKey": "tokenSigningKey",
+        "existingIntegrationSubnetId": "existingIntegrationSubnetId",
+        "existingPrivateEndpointSubnetId": "existingPrivateEndpointSubnetId"}
+    paired = parsed["modules/preconditions.bicep"]["variables"]["subnetsPaired"]["value"]["operator"]
+    assert paired["operands"]["true_value"]["function"]["type"] == "fail"  # one subnet without the other
     assert {"type": "min_length", "argument": 1} in main["parameters"]["entraAudience"]["decorators"]
 
 
@@ -296,3 +302,25 @@ def test_the_azd_hook_wants_the_audience_and_makes_the_signing_key(tmp_path: Pat
     kept = subprocess.run([hook], env={**env, "BERTH_ENTRA_AUDIENCE": "a", "BERTH_TOKEN_SIGNING_KEY": key},
                           capture_output=True, text=True)
     assert kept.returncode == 0 and calls.read_text().count("\n") == 1  # an existing key is kept
+
+
+def test_hub_spoke_uses_the_given_subnets_and_zones(parsed: dict[str, Any]) -> None:
+    """Existing subnets replace the template's VNet; a DNS zone given by id is used as it is, with
+    no zone or link of our own (a second copy would break resolution in the hub)."""
+    main = parsed["main.bicep"]
+    for name in ("existingIntegrationSubnetId", "existingPrivateEndpointSubnetId"):
+        assert main["parameters"][name]["default"] == ""
+    assert main["parameters"]["privateDnsZoneIds"]["default"] == {}
+    chosen = main["variables"]["integrationSubnetId"]["value"]["operator"]["operands"]
+    assert chosen["condition"] == "ownNetwork" and chosen["false_value"] == "existingIntegrationSubnetId"
+    assert main["modules"]["functionApp"]["config"]["params"]["integrationSubnetId"] == "integrationSubnetId"
+    for module in ("storageZones", "appZone", "eventGridZone"):
+        config = main["modules"][module]["config"]
+        while "config" in config:  # through the loop and the condition
+            config = config["config"]
+        assert "givenZones" in json.dumps(config["params"]["existingZoneId"]), module
+    dns = parsed["modules/private-dns.bicep"]
+    assert dns["resources"]["zone"]["config"]["condition"] == "own"
+    assert dns["resources"]["registryLink"]["config"]["condition"] == "own"
+    output = dns["outputs"]["zoneId"]["value"]["operator"]["operands"]
+    assert output["condition"] == "own" and output["false_value"] == "existingZoneId"
