@@ -135,6 +135,24 @@ def with_store(work: Callable[[Context], Awaitable[int]]) -> int:
         return asyncio.run(run())
 
 
+def with_reported_store(work: Callable[[Context], Awaitable[int]]) -> int:
+    """`with_store`, saying a command's refusal on stderr: 2 for a bad argument (ValueError), 1 for
+    what the registry refused (RegistryError)."""
+    from registry.oci.errors import RegistryError
+
+    async def reported(ctx: Context) -> int:
+        try:
+            return await work(ctx)
+        except ValueError as error:
+            print(f"berth: {error}", file=sys.stderr)
+            return 2
+        except RegistryError as error:
+            print(f"berth: {error.message}", file=sys.stderr)
+            return 1
+
+    return with_store(reported)
+
+
 def purge_uploads(args: argparse.Namespace) -> int:
     async def work(ctx: Context) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=ctx.settings.auth_failure_window_seconds)
@@ -322,44 +340,36 @@ def import_command(args: argparse.Namespace) -> int:
 
 def credential_set_command(args: argparse.Namespace) -> int:
     """`credential-set create|list|show|delete`: logins of upstream registries, as references."""
-    from registry.oci.errors import RegistryError
     from registry.ops.upstream import registry_host
     from registry.storage.credential_sets import IDENTITY, TOKEN_USER
 
     async def work(ctx: Context) -> int:
         sets = ctx.store.credential_sets
-        try:
-            if args.action == "create":
-                if args.managed_identity:
-                    if args.username or args.password:
-                        raise ValueError("give --managed-identity, or --username and --password")
-                    audience = args.audience or ("https://containerregistry.azure.net"
-                                                 if args.login_server.endswith(".azurecr.io") else None)
-                    if not audience:
-                        raise ValueError("--managed-identity needs --audience (the upstream registry's app ID URI)")
-                    username, password = TOKEN_USER, IDENTITY + audience
-                elif not (args.username and args.password):
-                    raise ValueError("give --username and --password (a reference), or --managed-identity")
-                else:
-                    username, password = args.username, args.password
-                created = await sets.create(args.name, registry_host(args.login_server), username, password)
-                print(json.dumps(created.document(), indent=2))
-            elif args.action == "list":
-                print(json.dumps([item.document() for item in await sets.list()], indent=2))
-            elif args.action == "show":
-                print(json.dumps((await sets.get(args.name)).document(), indent=2))
+        if args.action == "create":
+            if args.managed_identity:
+                if args.username or args.password:
+                    raise ValueError("give --managed-identity, or --username and --password")
+                audience = args.audience or ("https://containerregistry.azure.net"
+                                             if args.login_server.endswith(".azurecr.io") else None)
+                if not audience:
+                    raise ValueError("--managed-identity needs --audience (the upstream registry's app ID URI)")
+                username, password = TOKEN_USER, IDENTITY + audience
+            elif not (args.username and args.password):
+                raise ValueError("give --username and --password (a reference), or --managed-identity")
             else:
-                await sets.delete(args.name)
-                print(f"berth: credential set {args.name} deleted")
-        except ValueError as error:
-            print(f"berth: {error}", file=sys.stderr)
-            return 2
-        except RegistryError as error:
-            print(f"berth: {error.message}", file=sys.stderr)
-            return 1
+                username, password = args.username, args.password
+            created = await sets.create(args.name, registry_host(args.login_server), username, password)
+            print(json.dumps(created.document(), indent=2))
+        elif args.action == "list":
+            print(json.dumps([item.document() for item in await sets.list()], indent=2))
+        elif args.action == "show":
+            print(json.dumps((await sets.get(args.name)).document(), indent=2))
+        else:
+            await sets.delete(args.name)
+            print(f"berth: credential set {args.name} deleted")
         return 0
 
-    return with_store(work)
+    return with_reported_store(work)
 
 
 def cache_command(args: argparse.Namespace) -> int:
@@ -396,64 +406,56 @@ def cache_command(args: argparse.Namespace) -> int:
 
 def webhook_command(args: argparse.Namespace) -> int:
     """`webhook create|update|list|show|delete|ping|events`: ACR's webhooks (az acr webhook)."""
-    from registry.oci.errors import RegistryError
     from registry.ops.events import EventDispatcher
     from registry.storage.events import Webhook
 
     async def work(ctx: Context) -> int:
         hooks = ctx.store.webhooks
         allowed = ctx.settings.webhook_allowed_hosts
-        try:
-            if args.action == "create":
-                made = await hooks.create(Webhook(args.name, args.uri, tuple(args.actions), args.scope or "",
-                                                  _headers(args.header), args.status == "enabled", args.schema,
-                                                  args.secret), allowed)
-                print(json.dumps(made.document(), indent=2))
-            elif args.action == "update":
-                changes = {key: value for key, value in (
-                    ("uri", args.uri), ("actions", tuple(args.actions) if args.actions else None),
-                    ("scope", args.scope), ("headers", _headers(args.header) if args.header else None),
-                    ("enabled", None if args.status is None else args.status == "enabled"),
-                    ("schema", args.schema), ("secret", args.secret)) if value is not None}
-                print(json.dumps((await hooks.update(args.name, allowed, **changes)).document(), indent=2))
-            elif args.action == "list":
-                print(json.dumps([hook.document() for hook in await hooks.list()], indent=2))
-            elif args.action == "show":
-                print(json.dumps((await hooks.get(args.name)).document(), indent=2))
-            elif args.action == "delete":
-                await hooks.delete(args.name)
-                await ctx.store.deliveries.prune(args.name, timedelta(0))
-                print(f"berth: webhook {args.name} deleted")
-            elif args.action == "ping":
-                dispatcher = EventDispatcher(ctx.store, ctx.settings)
-                try:
-                    delivery = await dispatcher.ping(await hooks.get(args.name))
-                finally:
-                    await dispatcher.close()
-                print(json.dumps({"eventId": delivery.event_id, "outcome": delivery.outcome,
-                                  "statusCode": delivery.status, "milliseconds": delivery.milliseconds,
-                                  "error": delivery.error or None}, indent=2))
-                return 0 if delivery.outcome == "delivered" else 1
+        if args.action == "create":
+            made = await hooks.create(Webhook(args.name, args.uri, tuple(args.actions), args.scope or "",
+                                              _headers(args.header), args.status == "enabled", args.schema,
+                                              args.secret), allowed)
+            print(json.dumps(made.document(), indent=2))
+        elif args.action == "update":
+            changes = {key: value for key, value in (
+                ("uri", args.uri), ("actions", tuple(args.actions) if args.actions else None),
+                ("scope", args.scope), ("headers", _headers(args.header) if args.header else None),
+                ("enabled", None if args.status is None else args.status == "enabled"),
+                ("schema", args.schema), ("secret", args.secret)) if value is not None}
+            print(json.dumps((await hooks.update(args.name, allowed, **changes)).document(), indent=2))
+        elif args.action == "list":
+            print(json.dumps([hook.document() for hook in await hooks.list()], indent=2))
+        elif args.action == "show":
+            print(json.dumps((await hooks.get(args.name)).document(), indent=2))
+        elif args.action == "delete":
+            await hooks.delete(args.name)
+            await ctx.store.deliveries.prune(args.name, timedelta(0))
+            print(f"berth: webhook {args.name} deleted")
+        elif args.action == "ping":
+            dispatcher = EventDispatcher(ctx.store, ctx.settings)
+            try:
+                delivery = await dispatcher.ping(await hooks.get(args.name))
+            finally:
+                await dispatcher.close()
+            print(json.dumps({"eventId": delivery.event_id, "outcome": delivery.outcome,
+                              "statusCode": delivery.status, "milliseconds": delivery.milliseconds,
+                              "error": delivery.error or None}, indent=2))
+            return 0 if delivery.outcome == "delivered" else 1
+        else:
+            deliveries = await ctx.store.deliveries.recent(args.name, args.top)
+            rows = [{"time": d.at.isoformat(timespec="seconds") if d.at else "", "event": d.event_id,
+                     "action": d.action, "target": d.repository + (f":{d.tag}" if d.tag else ""),
+                     "attempt": d.attempt, "outcome": d.outcome, "status": d.status, "ms": d.milliseconds,
+                     "error": d.error} for d in deliveries]
+            if args.output == "json":
+                print(json.dumps(rows, indent=2))
             else:
-                deliveries = await ctx.store.deliveries.recent(args.name, args.top)
-                rows = [{"time": d.at.isoformat(timespec="seconds") if d.at else "", "event": d.event_id,
-                         "action": d.action, "target": d.repository + (f":{d.tag}" if d.tag else ""),
-                         "attempt": d.attempt, "outcome": d.outcome, "status": d.status, "ms": d.milliseconds,
-                         "error": d.error} for d in deliveries]
-                if args.output == "json":
-                    print(json.dumps(rows, indent=2))
-                else:
-                    print(_table(rows, {key.capitalize(): functools.partial(_cell, key) for key in rows[0]})
-                          if rows else "no deliveries recorded")
-        except ValueError as error:
-            print(f"berth: {error}", file=sys.stderr)
-            return 2
-        except RegistryError as error:
-            print(f"berth: {error.message}", file=sys.stderr)
-            return 1
+                print(_table(rows, {key.capitalize(): functools.partial(_cell, key) for key in rows[0]})
+                      if rows else "no deliveries recorded")
         return 0
 
-    return with_store(work)
+    return with_reported_store(work)
 
 
 def _cell(key: str, row: dict[str, Any]) -> Any:

@@ -76,14 +76,9 @@ class SecretReader:
             raise SecretUnavailable("Key Vault references need a managed identity (BERTH_STORAGE_ACCOUNT)")
         credential = await self._credential()
         token = await credential.get_token(VAULT_SCOPE)
-        try:
-            async with self._session.get(uri, params={"api-version": "7.4"}, allow_redirects=False,
-                                         headers={"Authorization": f"Bearer {token.token}"}) as response:
-                if response.status != 200:
-                    raise SecretUnavailable(f"Key Vault answered HTTP {response.status} for {uri[:200]}")
-                document = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            raise SecretUnavailable(f"Key Vault did not answer for {uri[:200]}: {type(error).__name__}") from None
+        document = await _json(self._session.get(uri, params={"api-version": "7.4"}, allow_redirects=False,
+                                                 headers={"Authorization": f"Bearer {token.token}"}),
+                               f"Key Vault, for {uri[:200]},")
         value = document.get("value") if isinstance(document, dict) else None
         if not isinstance(value, str) or not value:
             raise SecretUnavailable(f"{uri[:200]} holds no value")
@@ -100,18 +95,23 @@ class SecretReader:
             raise SecretUnavailable(f"no managed-identity token for {audience}: {type(error).__name__}") from None
         url = f"{source.scheme}://{source.api_host}/oauth2/exchange"
         form = {"grant_type": "access_token", "service": registry_host(source.registry), "access_token": token.token}
-        try:
-            async with self._session.post(url, data=form, allow_redirects=False) as response:
-                if response.status != 200:
-                    raise SecretUnavailable(f"{source.registry} refused the managed identity's token "
-                                            f"(HTTP {response.status})")
-                document = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            raise SecretUnavailable(f"{source.registry} did not exchange the token: {type(error).__name__}") from None
+        document = await _json(self._session.post(url, data=form, allow_redirects=False),
+                               f"{source.registry}, exchanging the managed identity's token,")
         refresh = document.get("refresh_token") if isinstance(document, dict) else None
         if not isinstance(refresh, str) or not refresh:
             raise SecretUnavailable(f"{source.registry} answered the exchange without a refresh token")
         return refresh
+
+
+async def _json(request: Any, what: str) -> Any:
+    """The JSON body of a 200 answer to `request` (an aiohttp request, not yet sent)."""
+    try:
+        async with request as response:
+            if response.status != 200:
+                raise SecretUnavailable(f"{what} answered HTTP {response.status}")
+            return await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        raise SecretUnavailable(f"{what} did not answer: {type(error).__name__}") from None
 
 
 class VaultIdentity:
