@@ -11,6 +11,7 @@ webhooks that ask for it; and a referrer's push carries its `artifactType` and `
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import random
@@ -164,6 +165,7 @@ _SCOPE_PART = re.compile(r"[a-z0-9._/*-]+")
 _TAG_PART = re.compile(r"[A-Za-z0-9._*-]+")
 
 
+@functools.lru_cache(maxsize=1024)  # every event meets every webhook's scope: compile each once
 def parse_scope(text: str) -> Scope:
     """Raises ValueError for anything but `repository[:tag]` made of name characters and `*`."""
     text = text.strip()
