@@ -52,6 +52,8 @@ def start_server(azurite: Azurite, tmp: Path, **settings: str) -> Server:
         "BERTH_REPOSITORY_DELETE_SETTLE_SECONDS": "1",
         # The upstreams of the import and pull-through tests live on loopback.
         "BERTH_UPSTREAM_PRIVATE_HOSTS": "127.0.0.1",
+        # No events worker polling the queue unless a test delivers events (tests/api/test_events.py).
+        "BERTH_EVENTS_WORKER": "false",
         **settings,
     }
     log = tmp / f"berth-{port}.log"

@@ -61,6 +61,7 @@ MAX_RESPONSE = 64 * 1024  # of a receiver's answer, read and dropped
 BATCH = 16  # messages a `serve` worker takes at once
 POISON_AFTER = 5  # a message that failed this often is dropped (the Functions host: its poison queue)
 PRUNE_SECONDS = 3600
+IDLE_POLL = (0.25, 2.0)  # `serve`'s worker asks an empty queue after these waits, doubling
 
 log = logging.getLogger("berth.events")
 
@@ -338,16 +339,19 @@ class EventDispatcher:
         sweeper = asyncio.create_task(self._sweep_loop(stop))
         queue = self._store.events.queue
         invisible_for = 2 * self._settings.webhook_timeout_seconds + 30
+        idle = IDLE_POLL[0]
         try:
             while not stop.is_set():
                 try:
                     messages = await queue.receive(BATCH, invisible_for)
                     await asyncio.gather(*(self._process(message) for message in messages))
                     if messages:
+                        idle = IDLE_POLL[0]
                         continue
                 except Exception as error:  # storage away: try again shortly
                     log.warning("the events worker failed a round: %r", error)
-                await _pause(stop, 0.5)
+                await _pause(stop, idle)
+                idle = min(2 * idle, IDLE_POLL[1])  # an idle queue is asked less often, as the host does
         finally:
             await sweeper
 

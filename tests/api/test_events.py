@@ -122,7 +122,7 @@ def pair(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     started: list[Server] = []
     try:
         started.append(start_server(azurite, tmp, BERTH_EVENTS_WORKER="false", **SETTINGS))
-        started.append(start_server(azurite, tmp, **SETTINGS, **REFERENCED))
+        started.append(start_server(azurite, tmp, BERTH_EVENTS_WORKER="true", **SETTINGS, **REFERENCED))
         yield started[0], started[1]
     finally:
         for instance in started:
@@ -412,7 +412,8 @@ def test_every_event_is_published_to_the_event_grid_topic(azurite: Azurite, rece
     settings = {**SETTINGS, "BERTH_TABLE_PREFIX": "berthegt", "BERTH_BLOB_CONTAINER": "berthegt",
                 "BERTH_EVENTGRID_TOPIC_ENDPOINT": receiver.url + "/eventgrid/ok",
                 "BERTH_EVENTGRID_KEY": "env:TOPIC_KEY", "TOPIC_KEY": "k3y",
-                "BERTH_EVENTGRID_ALLOW_HTTP": "true"}  # a loopback topic: no TLS here
+                "BERTH_EVENTGRID_ALLOW_HTTP": "true",  # a loopback topic: no TLS here
+                "BERTH_EVENTS_WORKER": "true"}
     instance = start_server(azurite, tmp_path, **settings)
     try:
         with httpx.Client(base_url=instance.url, timeout=30) as client:
