@@ -14,6 +14,7 @@ registry the set names, over the scheme the import or cache rule names.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -87,6 +88,8 @@ class SecretReader:
 
     async def _exchange(self, audience: str, source: SourceImage) -> str:
         """A refresh token of `source`'s registry for the app's identity (ACR's token exchange)."""
+        if source.scheme != "https" and not _loopback(source.api_host):
+            raise SecretUnavailable(f"{source.registry}: a managed identity's token goes only over https")
         if self._credential is None:
             raise SecretUnavailable("identity: sets need a managed identity (BERTH_MANAGED_IDENTITY_CLIENT_ID)")
         try:
@@ -101,6 +104,17 @@ class SecretReader:
         if not isinstance(refresh, str) or not refresh:
             raise SecretUnavailable(f"{source.registry} answered the exchange without a refresh token")
         return refresh
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host[:port]` is this machine (a local test registry may lack TLS)."""
+    name = urlsplit(f"//{host}").hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 async def _json(request: Any, what: str) -> Any:

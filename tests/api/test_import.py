@@ -589,3 +589,26 @@ class _NoRoles:
 
     def token(self, roles: list[str] | None = None) -> str:
         return self._entra.token([])
+
+
+def test_a_managed_identity_token_goes_only_over_https() -> None:
+    """Plain http carries the token to nothing but this machine (a local test registry); the
+    identity is not even asked for one. In-process: no connection is made anywhere."""
+    from registry.ops.secrets import SecretReader, SecretUnavailable
+    from registry.ops.upstream import parse_source
+    from registry.storage.credential_sets import TOKEN_USER, CredentialSet
+
+    asked: list[str] = []
+
+    async def identity() -> object:
+        asked.append("token")
+        raise AssertionError("no token may be asked for")
+
+    async def scenario() -> None:
+        reader = SecretReader(None, identity)  # type: ignore[arg-type] (no session: nothing is sent)
+        login = CredentialSet("mi", "registry.example", TOKEN_USER, "identity:api://berth-registry")
+        with pytest.raises(SecretUnavailable, match="only over https"):
+            await reader.login(login, parse_source("http://registry.example/team/app:1"))
+
+    asyncio.run(scenario())
+    assert asked == []
