@@ -2,20 +2,23 @@
 
 An event is never lost between a write's 2xx and its subscribers, on any instance, at any crash:
 1. Before a write that has subscribers, its event gets an id and an intent: a row in the events
-   table (partition `pending`, naming the repository's partition) and a queue message, sent
-   delayed, that asks a worker to look for the event (ops/events.py).
-2. The write's own entity-group transaction holds the event row (`e:<id>` in the repository's
-   partition): the event exists if and only if the write happened.
-3. A worker that finds the row fans it out to each subscriber's delivery (a queue message per
-   subscriber), then deletes the row and the intent. A worker that does not find it yet looks
-   again later, until the write's request budget has passed (then it never happened).
-4. A sweep (timer) takes every intent older than a minute, so a lost message or a crash between
-   any two steps costs latency, not the event. Duplicates are possible: delivery is at least once.
+   table (partitions `pending:00`..`15`, naming the repository's partition) and a queue message,
+   sent delayed, that asks a worker to look for the event (ops/events.py).
+2. The write's own entity-group transaction creates the event row (`e:<id>` in the repository's
+   partition): the event exists if and only if the write happened. A transaction carries an
+   event announced at most FRESH_SECONDS before (a slow write announces again).
+3. A worker that finds the row POSTs it to each subscriber (failures go back on the queue), then
+   replaces the row with a marker (`handed`) and marks the intent settled. Not there yet, the
+   worker looks again a little later.
+4. A sweep (timer) takes every intent older than a minute: it hands on events no message did,
+   and fences off a write that never came: a tombstone (`abandoned`) takes the event's key, so
+   that write, should it still arrive, fails instead of committing without its event. Markers
+   and tombstones are forgotten once no write can meet them. A lost message or a crash between
+   any two steps costs latency, not the event; duplicates are possible (at least once).
 
-Tables: events `<prefix>events` (partitions `pending` and `log:<webhook>`); webhooks are rows of
-the catalog, partition `webhook`.
+Tables: events `<prefix>events` (intents in `pending:NN`, deliveries in `log:<webhook>`);
+webhooks are rows of the catalog, partition `webhook`.
 """
-
 from __future__ import annotations
 
 import asyncio
