@@ -3,9 +3,11 @@
 Tables (named with the configured prefix):
 - `<prefix>repos`: one partition per repository; rows `m:<digest>` manifest, `t:<tag>` tag,
   `b:<digest>` blob link, `r:<subject>:<digest>` referrer, `u:<id>` upload session,
-  `v:<digest>` the Docker rendition of an OCI manifest.
+  `v:<digest>` the Docker rendition of an OCI manifest, `e:<id>` a write's event (events.py).
 - `<prefix>digests`: the content index, partition = digest: where the bytes are, size.
-- `<prefix>catalog`: partition "repository", one row per repository that has manifests.
+- `<prefix>catalog`: partition "repository", one row per repository that has manifests; and the
+  registry's settings rows (retention, cache rules, credential sets, webhooks).
+- `<prefix>events`: event intents and webhook delivery logs (events.py).
 """
 
 from __future__ import annotations
