@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +67,13 @@ def create_clients(settings: Settings) -> StorageClients:
     SDK's default transport repeats on every call (see LOCAL-AZURE-NOTES: ~2.5x throughput).
     """
     timeout = settings.storage_timeout_seconds
+    # Azurite (Node) closes an idle keep-alive connection after 5 s; aiohttp keeps one for 15 s,
+    # so a request could go out on a connection the server is closing that very moment ("Server
+    # disconnected", seen once in a CI run). Against a loopback Azurite, let connections go first.
+    local = bool(re.search(r"Endpoint=https?://(127\.0\.0\.1|localhost)[:/]", settings.storage_connection_string or ""))
     session = aiohttp.ClientSession(
         trust_env=False,
-        connector=aiohttp.TCPConnector(limit=256, limit_per_host=128),
+        connector=aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=4.0 if local else 15.0),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
     )
     retries = _retries(settings)
