@@ -101,6 +101,15 @@ param softDeleteDays int = 7
 @description('Publish ImagePushed / ImageDeleted events to a new Event Grid topic (private endpoint, Entra only). Webhooks need nothing here: `python -m registry webhook create`.')
 param eventGridTopic bool = false
 
+@description('Structured request log lines in Application Insights (BERTH_REQUEST_LOG): errors, changes (errors and every write: pushes, deletes, logins), all (every pull too: the most traces, the most cost), off.')
+@allowed([
+  'off'
+  'errors'
+  'changes'
+  'all'
+])
+param requestLog string = 'changes'
+
 @description('Hosts or CIDR ranges on private addresses that webhooks may call (BERTH_WEBHOOK_PRIVATE_HOSTS), e.g. a deploy service in the VNet: 10.40.0.0/16.')
 param webhookPrivateHosts string = ''
 param tags object = {
@@ -115,10 +124,8 @@ var deploymentContainer = 'app-package'
 var tablePrefix = 'berth'
 var storageSuffix = environment().suffixes.storage
 
+// Storage data roles are scoped to single containers, tables and queues (modules/storage.bicep).
 var roles = {
-  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
-  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
-  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
 }
@@ -137,8 +144,17 @@ var givenZones = {
   eventgrid: contains(privateDnsZoneIds, 'eventgrid') ? privateDnsZoneIds.eventgrid : ''
 }
 
+// What the registry's code runs as: its data, telemetry, the signing key.
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: '${appName}-identity'
+  location: location
+  tags: tags
+}
+
+// What the platform writes (on deployment) and reads (on start) the app's package with; the only
+// identity with a role on that container. The registry's identity cannot rewrite the app's code.
+resource deploymentIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: '${appName}-deploy'
   location: location
   tags: tags
 }
@@ -168,6 +184,8 @@ module storage 'modules/storage.bicep' = {
     deploymentContainer: deploymentContainer
     tablePrefix: tablePrefix
     softDeleteDays: softDeleteDays
+    runtimePrincipalId: identity.properties.principalId
+    deploymentPrincipalId: deploymentIdentity.properties.principalId
     tags: tags
   }
 }
@@ -180,49 +198,6 @@ module monitoring 'modules/monitoring.bicep' = {
     retentionDays: logRetentionDays
     tags: tags
   }
-}
-
-resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
-  name: storageName
-}
-
-resource blobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storageAccount.id, identity.id, roles.storageBlobDataOwner)
-  scope: storageAccount
-  properties: {
-    principalId: identity.properties.principalId
-    principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
-  }
-  dependsOn: [
-    storage
-  ]
-}
-
-resource tableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storageAccount.id, identity.id, roles.storageTableDataContributor)
-  scope: storageAccount
-  properties: {
-    principalId: identity.properties.principalId
-    principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
-  }
-  dependsOn: [
-    storage
-  ]
-}
-
-resource queueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storageAccount.id, identity.id, roles.storageQueueDataContributor)
-  scope: storageAccount
-  properties: {
-    principalId: identity.properties.principalId
-    principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
-  }
-  dependsOn: [
-    storage
-  ]
 }
 
 resource insights 'Microsoft.Insights/components@2020-02-02' existing = {
@@ -246,9 +221,15 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = if (!empty(k
   name: empty(keyVaultName) ? 'unused' : keyVaultName
 }
 
+resource signingKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = if (!empty(keyVaultName)) {
+  parent: keyVault
+  name: signingKeySecretName
+}
+
+// Secrets User on the one secret, not the vault (the vault must use Azure RBAC: preconditions).
 resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(keyVaultName)) {
-  name: guid(resourceGroup().id, keyVaultName, identity.id, roles.keyVaultSecretsUser)
-  scope: keyVault
+  name: guid(resourceGroup().id, keyVaultName, signingKeySecretName, identity.id, roles.keyVaultSecretsUser)
+  scope: signingKeySecret
   properties: {
     principalId: identity.properties.principalId
     principalType: 'ServicePrincipal'
@@ -297,6 +278,7 @@ module preconditions 'modules/preconditions.bicep' = {
   name: 'preconditions'
   params: {
     keyVaultName: keyVaultName
+    keyVaultUsesRbac: empty(keyVaultName) ? true : (keyVault.properties.?enableRbacAuthorization ?? false)
     tokenSigningKey: tokenSigningKey
     existingIntegrationSubnetId: existingIntegrationSubnetId
     existingPrivateEndpointSubnetId: existingPrivateEndpointSubnetId
@@ -310,6 +292,7 @@ module functionApp 'modules/functionapp.bicep' = {
     name: appName
     identityId: identity.id
     identityClientId: identity.properties.clientId
+    deploymentIdentityId: deploymentIdentity.id
     storageAccountName: storageName
     storageBlobEndpoint: storage.outputs.blobEndpoint
     deploymentContainer: deploymentContainer
@@ -336,6 +319,9 @@ module functionApp 'modules/functionapp.bicep' = {
       BERTH_ENTRA_AUDIENCE: entraAudience
       BERTH_ANONYMOUS_PULL: string(anonymousPull)
       BERTH_RETENTION_DAYS: untaggedRetentionDays < 0 ? '' : string(untaggedRetentionDays)
+      // Everything in storage is made above; the identity may not create containers or tables.
+      BERTH_CREATE_STORAGE: 'false'
+      BERTH_REQUEST_LOG: requestLog
       // The platform's front end appends the caller's address to X-Forwarded-For (failed-login limits).
       BERTH_TRUSTED_PROXY_HOPS: '1'
       // Events: the queue trigger's identity-based connection and queue (storage/events.py).
@@ -350,9 +336,7 @@ module functionApp 'modules/functionapp.bicep' = {
   }
   dependsOn: [
     preconditions
-    blobDataOwner
-    tableDataContributor
-    queueDataContributor
+    storage // its data roles: an instance that starts before them fails its first requests
   ]
 }
 

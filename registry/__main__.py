@@ -55,6 +55,8 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if settings.auth == "token" and not settings.token_signing_keys:
         settings = replace(settings, token_signing_keys=(local_signing_key(settings),))
+    if args.access_log:
+        settings = replace(settings, request_log="all")
     azurite = None
     if not settings.storage_configured:
         data = local_data(settings) / "azurite"
@@ -80,7 +82,7 @@ def serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
-            access_log=args.access_log,
+            access_log=False,  # Berth's own request log (BERTH_REQUEST_LOG; --access-log: all)
             timeout_keep_alive=30,
             http=head_limited_protocol(),
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,

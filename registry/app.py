@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from registry.api.http import Context
+from registry.api.request_log import RequestLog
 from registry.api.routes import RegistryApi
 from registry.auth import AllowAll, Authorizer
 from registry.auth.authorizer import TokenAuthorizer
@@ -91,7 +92,7 @@ class BerthApplication:
         if settings.auth == "token":
             self._issuer = token_issuer(settings)
             authorizer = TokenAuthorizer(settings, self._issuer)
-        self.api = RegistryApi(self.context, authorizer)
+        self.api = RegistryApi(self.context, authorizer, RequestLog(settings))
         self._context: Context | None = None
         self._clients: StorageClients | None = None
         self._pullthrough: PullThrough | None = None
@@ -109,7 +110,8 @@ class BerthApplication:
                     store = RegistryStore(clients, self.settings)
                     await store.initialize()
                     access = AccessStore(clients.table_service, self.settings.table_prefix)
-                    await access.ensure_table()
+                    if self.settings.create_storage:
+                        await access.ensure_table()
                     tokens = None
                     if self._issuer is not None:
                         tokens = TokenService(self.settings, self._issuer, access, entra_validator(self.settings))

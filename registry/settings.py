@@ -12,6 +12,7 @@ from registry.oci.errors import RegistryError
 from registry.oci.names import validate_name
 
 MiB = 1024 * 1024
+REQUEST_LOG_LEVELS = ("off", "errors", "changes", "all")
 
 
 class SettingsError(ValueError):
@@ -61,6 +62,13 @@ class Settings:
     event_sweep_age_seconds: int = 60
     event_sweep_seconds: int = 60
     events_worker: bool = True  # `serve` delivers events itself (the Functions host: a queue trigger)
+    # Create the container, tables and queue on an instance's first request. Off where the
+    # deployment made them (infra/): saves six storage calls per cold start, and the identity
+    # needs no right to create anything on the account.
+    create_storage: bool = True
+    # One JSON line per request on the logger `berth.request`: off, errors (4xx but the bare
+    # challenge, 5xx), changes (errors and every write), all.
+    request_log: str = "changes"
     webhook_timeout_seconds: int = 10
     webhook_attempts: int = 8  # then the event is dead-lettered (in `webhook events`)
     webhook_backoff_seconds: int = 10  # after the first failure; doubles each time, capped at an hour
@@ -261,6 +269,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         event_sweep_age_seconds=_int(env, "BERTH_EVENT_SWEEP_AGE_SECONDS", 60, 1, 3600),
         event_sweep_seconds=_int(env, "BERTH_EVENT_SWEEP_SECONDS", 60, 1, 3600),
         events_worker=not env.get("BERTH_EVENTS_WORKER") or _bool(env, "BERTH_EVENTS_WORKER"),
+        create_storage=not env.get("BERTH_CREATE_STORAGE") or _bool(env, "BERTH_CREATE_STORAGE"),
+        request_log=_choice(env, "BERTH_REQUEST_LOG", "changes", REQUEST_LOG_LEVELS),
         webhook_timeout_seconds=_int(env, "BERTH_WEBHOOK_TIMEOUT_SECONDS", 10, 1, 120),
         webhook_attempts=_int(env, "BERTH_WEBHOOK_ATTEMPTS", 8, 1, 50),
         webhook_backoff_seconds=_int(env, "BERTH_WEBHOOK_BACKOFF_SECONDS", 10, 0, 3600),

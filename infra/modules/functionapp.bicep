@@ -6,6 +6,9 @@ param location string
 param name string
 param identityId string
 param identityClientId string
+
+@description('The identity the deployment package is written and read with (not the registry\'s).')
+param deploymentIdentityId string
 param storageAccountName string
 param storageBlobEndpoint string
 param deploymentContainer string
@@ -78,6 +81,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
     type: 'UserAssigned'
     userAssignedIdentities: {
       '${identityId}': {}
+      '${deploymentIdentityId}': {}
     }
   }
   properties: {
@@ -104,7 +108,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
           value: '${storageBlobEndpoint}${deploymentContainer}'
           authentication: {
             type: 'UserAssignedIdentity'
-            userAssignedIdentityResourceId: identityId
+            userAssignedIdentityResourceId: deploymentIdentityId
           }
         }
       }

@@ -5,6 +5,11 @@
 @description('The Key Vault holding the token-signing key, or empty.')
 param keyVaultName string
 
+@description('Whether that Key Vault authorises with Azure RBAC (the app gets a role on the one secret; an access-policy vault would ignore it).')
+param keyVaultUsesRbac bool
+
+var vaultUsesRbac = keyVaultUsesRbac ? true : fail('The Key Vault ${keyVaultName} uses access policies: switch it to the Azure RBAC permission model (az keyvault update --enable-rbac-authorization true), so that the registry\'s identity can be given Key Vault Secrets User on the signing key\'s secret alone.')
+
 @description('The token-signing key, or empty.')
 @secure()
 param tokenSigningKey string
@@ -17,4 +22,4 @@ param existingPrivateEndpointSubnetId string
 
 var subnetsPaired = (empty(existingIntegrationSubnetId) != empty(existingPrivateEndpointSubnetId)) ? fail('Give existingIntegrationSubnetId and existingPrivateEndpointSubnetId together (an existing VNet), or neither (the template makes its own).') : true
 
-output checked bool = signingKeyGiven && subnetsPaired
+output checked bool = signingKeyGiven && subnetsPaired && vaultUsesRbac

@@ -1,6 +1,8 @@
-// The registry's storage account: blobs (layers, manifests, the deployment package) and tables
-// (repositories, digests, catalog, auth). Entra ID only: shared keys are disabled, so the app
-// and the Functions host reach it with their managed identity; public network access is off.
+// The registry's storage account: blobs (layers, manifests, the deployment package), tables
+// (repositories, digests, catalog, auth, events) and the events queue. Entra ID only: shared keys
+// are disabled, so the app and the Functions host reach it with managed identities; public
+// network access is off. Every container, table and queue is created here, and each identity's
+// data roles are scoped to the ones it uses: nothing holds a data role on the whole account.
 
 param location string
 param name string
@@ -25,6 +27,12 @@ param tablePrefix string
 
 @description('Days a deleted blob can be restored.')
 param softDeleteDays int
+
+@description('The app\'s runtime identity: the registry\'s data and the Functions host\'s own containers.')
+param runtimePrincipalId string
+
+@description('The identity the platform writes and reads the deployment package with: that container only.')
+param deploymentPrincipalId string
 
 param tags object
 
@@ -106,20 +114,35 @@ resource deployment 'Microsoft.Storage/storageAccounts/blobServices/containers@2
   }
 }
 
+// The Functions host's containers under AzureWebJobsStorage (function keys; timer and singleton
+// locks), made here so the host needs no right to create containers on the account.
+resource hostContainers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [for container in [
+  'azure-webjobs-hosts'
+  'azure-webjobs-secrets'
+]: {
+  parent: blobService
+  name: container
+  properties: {
+    publicAccess: 'None'
+  }
+}]
+
 resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
   parent: account
   name: 'default'
 }
 
-resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = [for table in [
-  'repos'
-  'digests'
-  'catalog'
-  'auth'
-  'events'
-]: {
+var tableNames = [
+  '${tablePrefix}repos'
+  '${tablePrefix}digests'
+  '${tablePrefix}catalog'
+  '${tablePrefix}auth'
+  '${tablePrefix}events'
+]
+
+resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = [for table in tableNames: {
   parent: tableService
-  name: '${tablePrefix}${table}'
+  name: table
 }]
 
 resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
@@ -128,10 +151,91 @@ resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-0
 }
 
 // Events to deliver (storage/events.py); the Functions host adds `<name>-poison` when it gives up.
-resource eventsQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+resource eventsQueues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [for queue in [
+  '${tablePrefix}events'
+  '${tablePrefix}events-poison'
+]: {
   parent: queueService
-  name: '${tablePrefix}events'
+  name: queue
+}]
+
+var roles = {
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+  storageBlobDelegator: 'db58b8e5-c6ad-4a2a-8342-4190687cbf4a'
+  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 }
+
+// Layers and manifests: read, write, delete in the registry's container only.
+resource registryBlobs 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(registry.id, runtimePrincipalId, roles.storageBlobDataContributor)
+  scope: registry
+  properties: {
+    principalId: runtimePrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+  }
+}
+
+// Redirected downloads are user-delegation SAS URLs; the key is asked of the account, and a SAS
+// grants no more than the identity's own rights on the blob (read, in the registry's container).
+resource delegator 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(account.id, runtimePrincipalId, roles.storageBlobDelegator)
+  scope: account
+  properties: {
+    principalId: runtimePrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDelegator)
+  }
+}
+
+resource hostBlobs 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (container, i) in [
+  'azure-webjobs-hosts'
+  'azure-webjobs-secrets'
+]: {
+  name: guid(hostContainers[i].id, runtimePrincipalId, roles.storageBlobDataContributor)
+  scope: hostContainers[i]
+  properties: {
+    principalId: runtimePrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+  }
+}]
+
+// The package: only the deployment identity, which the registry's code never uses.
+resource packageBlobs 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(deployment.id, deploymentPrincipalId, roles.storageBlobDataContributor)
+  scope: deployment
+  properties: {
+    principalId: deploymentPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+  }
+}
+
+resource tableRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (table, i) in tableNames: {
+  name: guid(tables[i].id, runtimePrincipalId, roles.storageTableDataContributor)
+  scope: tables[i]
+  properties: {
+    principalId: runtimePrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
+  }
+}]
+
+// The events queue (the app sends, the queue trigger reads) and the host's poison queue.
+resource queueRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (queue, i) in [
+  '${tablePrefix}events'
+  '${tablePrefix}events-poison'
+]: {
+  name: guid(eventsQueues[i].id, runtimePrincipalId, roles.storageQueueDataContributor)
+  scope: eventsQueues[i]
+  properties: {
+    principalId: runtimePrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+  }
+}]
 
 output id string = account.id
 output name string = account.name

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from registry.api import acr, blobs, health, imports, listings, manifests, token, uploads
 from registry.api.http import API_VERSION_HEADER, Context, error_response
+from registry.api.request_log import REQUEST_ID_HEADER, RequestLog, new_request_id
 from registry.auth import Access, Authorizer, Grant
 from registry.auth.audit import client_address
 from registry.oci.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNKNOWN, RegistryError
@@ -120,7 +121,7 @@ def wanted_access(request: Request) -> list[Access]:
 
 
 def _request_info(request: Request, context: Context, grant: Grant | None) -> RequestInfo:
-    return RequestInfo(str(uuid.uuid4()), request.headers.get("host", ""), request.method,
+    return RequestInfo(request.state.request_id, request.headers.get("host", ""), request.method,
                        request.headers.get("user-agent", ""), client_address(request, context.settings),
                        grant.subject if grant is not None else "")
 
@@ -128,28 +129,40 @@ def _request_info(request: Request, context: Context, grant: Grant | None) -> Re
 class RegistryApi:
     """Routes a Starlette request to its handler; turns every failure into an OCI error."""
 
-    def __init__(self, context_factory: Callable[[], Awaitable[Context]], authorizer: Authorizer):
+    def __init__(self, context_factory: Callable[[], Awaitable[Context]], authorizer: Authorizer,
+                 request_log: RequestLog):
         self._context_factory = context_factory
         self._authorizer = authorizer
+        self._request_log = request_log
 
     async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        request_id = request.state.request_id = new_request_id()
         head = request.method == "HEAD"
+        code = None
         try:
             response = await self._dispatch(request)
         except RegistryError as error:
+            code = error.error.code
             response = error_response(error, head)
         except ClientDisconnect:
-            log.info("client went away during %s %s", request.method, request.url.path)
+            log.info("client went away during %s %s (request %s)", request.method, request.url.path, request_id)
+            code = "CLIENT_DISCONNECTED"
             response = Response(b"", status_code=400)
         except Exception as error:
             unavailable = storage_failure(error)
             if unavailable is not None:
-                log.warning("storage failed during %s %s: %r", request.method, request.url.path, error)
+                log.warning("storage failed during %s %s (request %s): %r", request.method, request.url.path,
+                            request_id, error)
+                code = unavailable.error.code
                 response = error_response(unavailable, head)
             else:
-                log.exception("unhandled error in %s %s", request.method, request.url.path)
+                log.exception("unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
+                code = UNKNOWN.code
                 response = error_response(RegistryError(UNKNOWN, "internal error; see the registry's log"), head)
         response.headers.update(API_VERSION_HEADER)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        self._request_log.record(request, response, request_id, started, code)
         return response
 
     async def _dispatch(self, request: Request) -> Response:

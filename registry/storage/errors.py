@@ -10,6 +10,10 @@ from registry.oci.errors import UNAVAILABLE, RegistryError
 RETRY_AFTER_SECONDS = 5
 # Storage's own "busy, try again" answers: server errors, throttling, timeouts.
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+# The account is not what the deployment promised: a container or table missing, or the identity's
+# role not (yet) granted. Role assignments take minutes to reach storage after a deployment.
+_NOT_PROVISIONED = {"ContainerNotFound", "TableNotFound", "QueueNotFound",
+                    "AuthorizationPermissionMismatch", "AuthorizationFailure"}
 
 
 def unavailable(reason: str) -> RegistryError:
@@ -23,6 +27,11 @@ def storage_failure(error: BaseException) -> RegistryError | None:
         return unavailable(type(error).__name__)
     if isinstance(error, HttpResponseError) and error.status_code in _TRANSIENT_STATUS:
         return unavailable(f"HTTP {error.status_code}")
+    code = getattr(error, "error_code", None)
+    code = getattr(code, "value", code)  # the SDKs' error-code enums
+    if isinstance(error, HttpResponseError) and code in _NOT_PROVISIONED:
+        return unavailable(f"{code} (the storage account is not provisioned for this registry, or its identity "
+                           "lacks a role; see infra/README.md)")
     if isinstance(error, (TimeoutError, aiohttp.ClientError, ConnectionError)):
         return unavailable(type(error).__name__)
     return None

@@ -94,6 +94,8 @@ class RegistryStore:
         self._known_repositories: set[str] = set()
 
     async def initialize(self) -> None:
+        if not self._settings.create_storage:  # made by the deployment (infra/modules/storage.bicep)
+            return
         await self.content.ensure_container()
         await self.metadata.ensure_tables()
         await self.events.ensure()

@@ -59,7 +59,8 @@ def test_storage_is_entra_only_and_private(parsed: dict[str, Any]) -> None:
     assert properties["allowBlobPublicAccess"] is False
     assert properties["networkAcls"]["defaultAction"] == "Deny"
     containers = resources(parsed, "Microsoft.Storage/storageAccounts/blobServices/containers")
-    assert all(c["properties"]["publicAccess"] == "None" for c in containers) and len(containers) == 2
+    # the registry's, the package's, and (one looped resource) the Functions host's two
+    assert all(c["properties"]["publicAccess"] == "None" for c in containers) and len(containers) == 3
     main = parsed["main.bicep"]
     assert main["parameters"]["storageSku"]["default"] == "Standard_ZRS"
     assert main["variables"]["tablePrefix"]["value"] == "berth"
@@ -148,20 +149,78 @@ def test_egress_goes_through_a_nat_gateway_by_default(parsed: dict[str, Any]) ->
     assert "egressAddress" in main["outputs"]
 
 
-def test_identity_holds_exactly_the_data_roles_it_needs(parsed: dict[str, Any]) -> None:
-    role_ids = parsed["main.bicep"]["variables"]["roles"]["value"]
-    assert role_ids == {
-        "storageBlobDataOwner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+def _names(expression: Any) -> str:
+    return json.dumps(expression)
+
+
+def test_identities_hold_only_the_data_roles_they_need_where_they_need_them(parsed: dict[str, Any]) -> None:
+    """No data role on the whole storage account (the Delegator role, which only issues SAS keys,
+    is the one account-scoped role); the registry's identity cannot write the app's package."""
+    storage = parsed["modules/storage.bicep"]
+    assert storage["variables"]["roles"]["value"] == {
+        "storageBlobDataContributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+        "storageBlobDelegator": "db58b8e5-c6ad-4a2a-8342-4190687cbf4a",
         "storageTableDataContributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
         "storageQueueDataContributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
-        "monitoringMetricsPublisher": "3913510d-42f4-4e42-8a64-420c390055eb",
-        "keyVaultSecretsUser": "4633458b-17de-408a-b874-0445c86b69e6",
     }
-    assignments = resources(parsed, "Microsoft.Authorization/roleAssignments")
-    used = {json.dumps(a["properties"]["roleDefinitionId"]) for a in assignments}
-    for name in role_ids:
-        assert any(name in text for text in used), name
-    assert all(a["properties"]["principalType"] == "ServicePrincipal" for a in assignments)
+    assignments = {name: resource["config"] for name, resource in storage["resources"].items()
+                   if resource["type"] == "Microsoft.Authorization/roleAssignments"}
+    scopes = {}
+    for name, config in assignments.items():
+        body = config["config"] if "loop_type" in config else config
+        scopes[name] = (_names(body["scope"]), _names(body["properties"]["roleDefinitionId"]),
+                        body["properties"]["principalId"])
+    assert scopes["registryBlobs"][0] == '"registry"' and "storageBlobDataContributor" in scopes["registryBlobs"][1]
+    assert scopes["delegator"][0] == '"account"' and "storageBlobDelegator" in scopes["delegator"][1]
+    assert [name for name, (scope, _, _) in scopes.items() if scope == '"account"'] == ["delegator"]
+    assert "hostContainers" in scopes["hostBlobs"][0]
+    assert "tables" in scopes["tableRoles"][0] and "storageTableDataContributor" in scopes["tableRoles"][1]
+    assert "eventsQueues" in scopes["queueRoles"][0] and "storageQueueDataContributor" in scopes["queueRoles"][1]
+    assert assignments["tableRoles"]["loop_type"]["detail"]["array_name"] == "tableNames"
+    assert storage["variables"]["tableNames"]["value"] == [
+        f"${{tablePrefix}}{table}" for table in ("repos", "digests", "catalog", "auth", "events")]
+    # The package: the deployment identity alone, and the runtime identity nowhere near it.
+    assert scopes["packageBlobs"] == ('"deployment"', scopes["registryBlobs"][1], "deploymentPrincipalId")
+    assert {principal for name, (_, _, principal) in scopes.items() if name != "packageBlobs"} == {"runtimePrincipalId"}
+    main = parsed["main.bicep"]
+    params = main["modules"]["storage"]["config"]["params"]
+    assert _names(params["runtimePrincipalId"]).count("identity") == 1
+    assert "deploymentIdentity" in _names(params["deploymentPrincipalId"])
+    app = one(parsed, "Microsoft.Web/sites")
+    authentication = app["properties"]["functionAppConfig"]["deployment"]["storage"]["authentication"]
+    assert authentication["userAssignedIdentityResourceId"] == "deploymentIdentityId"
+    assert main["modules"]["functionApp"]["config"]["params"]["deploymentIdentityId"] == {
+        "operator": {"type": "property_accessor", "operands": {"operand_1": "deploymentIdentity", "operand_2": "id"}}}
+    # No account-wide Owner or Contributor role anywhere any more.
+    every = json.dumps(parsed)
+    assert "b7e6dc6d-f1e8-4753-8033-0f276bb0955b" not in every  # Storage Blob Data Owner
+    # Key Vault: Secrets User on the signing key's secret, not on the vault; the vault must use RBAC.
+    secrets_user = main["resources"]["secretsUser"]["config"]["config"]
+    assert secrets_user["scope"] == "signingKeySecret"
+    assert main["resources"]["signingKeySecret"]["type"] == "Microsoft.KeyVault/vaults/secrets"
+    rbac = parsed["modules/preconditions.bicep"]["variables"]["vaultUsesRbac"]["value"]["operator"]
+    assert rbac["operands"]["false_value"]["function"]["type"] == "fail"
+    assert "keyVaultUsesRbac" in main["modules"]["preconditions"]["config"]["params"]
+    # Telemetry and Event Grid keep their single-resource roles.
+    role_ids = main["variables"]["roles"]["value"]
+    assert set(role_ids) == {"monitoringMetricsPublisher", "keyVaultSecretsUser"}
+    every_assignment = resources(parsed, "Microsoft.Authorization/roleAssignments")
+    assert all(a["properties"]["principalType"] == "ServicePrincipal" for a in every_assignment)
+
+
+def test_the_hosts_containers_and_poison_queue_exist_before_the_app(parsed: dict[str, Any]) -> None:
+    """The Functions host and the queue trigger would create these; with roles scoped to single
+    containers and queues they cannot, so the template makes them, and the app waits for the
+    storage module (its roles included)."""
+    storage = parsed["modules/storage.bicep"]["resources"]
+    assert storage["hostContainers"]["config"]["loop_type"]["detail"]["array_name"] == [
+        "azure-webjobs-hosts", "azure-webjobs-secrets"]
+    assert storage["eventsQueues"]["config"]["loop_type"]["detail"]["array_name"] == [
+        "${tablePrefix}events", "${tablePrefix}events-poison"]
+    depends = parsed["main.bicep"]["modules"]["functionApp"]["config"]["dependsOn"]
+    assert "storage" in depends and "preconditions" in depends
+    settings = parsed["main.bicep"]["modules"]["functionApp"]["config"]["params"]["registrySettings"]
+    assert settings["BERTH_CREATE_STORAGE"] == "false"
 
 
 def test_telemetry_needs_entra(parsed: dict[str, Any]) -> None:
@@ -236,7 +295,9 @@ def test_parameters_that_cannot_start_are_refused_at_deployment(parsed: dict[str
     assert check["operands"]["true_value"]["function"]["type"] == "fail"
     assert check["operands"]["false_value"] is True
     main = parsed["main.bicep"]
-    assert main["modules"]["preconditions"]["config"]["params"] == {
+    given = dict(main["modules"]["preconditions"]["config"]["params"])
+    given.pop("keyVaultUsesRbac")  # test_identities_hold_only_the_data_roles_...
+    assert given == {
         "keyVaultName": "keyVaultName", "tokenSigningKey": "tokenSigningKey",
         "existingIntegrationSubnetId": "existingIntegrationSubnetId",
         "existingPrivateEndpointSubnetId": "existingPrivateEndpointSubnetId"}
