@@ -13,6 +13,7 @@ import secrets
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -23,7 +24,7 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError
 
 from registry.api.http import Context
-from registry.azurite import PROJECT_ROOT, Azurite
+from registry.azurite import PROJECT_ROOT, Azurite, DataFolderBusy
 from registry.settings import Settings, SettingsError, load_settings
 
 
@@ -60,7 +61,14 @@ def serve(args: argparse.Namespace) -> int:
     azurite = None
     if not settings.storage_configured:
         data = local_data(settings) / "azurite"
-        azurite = Azurite(location=data).start()
+        try:
+            azurite = Azurite(location=data, holder=f"berth serve at http://{args.host}:{args.port} "
+                                                              f"(BERTH_AUTH={settings.auth})").start()
+        except DataFolderBusy as error:
+            print(f"berth: the local data in {error.location} is in use by {error.holder or 'another process'}. "
+                  "Use that registry, stop it first, or give this one its own data with "
+                  "BERTH_LOCAL_DATA_DIR=<folder>.", file=sys.stderr)
+            return 1
         settings = settings.with_storage(azurite.connection_string)
         (local_data(settings) / "storage-connection").write_text(azurite.connection_string)
         print(f"berth: started Azurite (blob :{azurite.blob_port}, table :{azurite.table_port}), data in {data}")
@@ -117,10 +125,33 @@ def storage_settings() -> Iterator[Settings]:
     if settings.storage_configured:
         yield settings
     elif (local := local_data(settings) / "storage-connection").exists() and _answers(local.read_text()):
-        yield settings.with_storage(local.read_text())
+        yield settings.with_storage(local.read_text())  # the running `serve`'s Azurite
     else:
-        with Azurite(location=local_data(settings) / "azurite") as azurite:
+        # No registry serving: run Azurite on the data for this command, holding the folder's lock
+        # (a `serve` started meanwhile waits for none: it refuses, naming this command).
+        try:
+            azurite = Azurite(location=local_data(settings) / "azurite",
+                              holder=f"the command `python -m registry {' '.join(sys.argv[1:3])}`").start()
+        except DataFolderBusy as error:
+            raise SystemExit(f"berth: the local data in {error.location} is in use by "
+                             f"{error.holder or 'another process'}, whose storage does not answer yet; "
+                             "try again in a moment, or stop it.") from None
+        try:
             yield settings.with_storage(azurite.connection_string)
+        finally:
+            azurite.stop()
+
+
+def _auth_in_force() -> str:
+    """BERTH_AUTH of the registry this command works on: the local `serve`'s if one holds the
+    local data (it says so in the folder's lock), else this environment's."""
+    settings = load_settings()
+    if not settings.storage_configured:
+        lock = local_data(settings) / "azurite" / ".berth-lock"
+        held = lock.read_text() if lock.exists() else ""
+        if match := re.search(r"BERTH_AUTH=(\w+)", held):
+            return match.group(1)
+    return settings.auth
 
 
 def with_store(work: Callable[[Context], Awaitable[int]]) -> int:
@@ -163,6 +194,30 @@ def purge_uploads(args: argparse.Namespace) -> int:
         return 0
 
     return with_store(work)
+
+
+def _port(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is a number from 1 to 65535, not {text!r}")
+    return int(text)
+
+
+def _days(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 36500:
+        raise argparse.ArgumentTypeError(f"a whole number of days from 1, not {text!r}")
+    return int(text)
+
+
+def _object_id(text: str) -> str:
+    """An Entra object id: a GUID, as tokens carry it in `oid` (lower case)."""
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"an Entra object id is a GUID (az ad sp show --id <app id> --query id), not {text!r}") from None
+    if str(parsed) != text.lower():
+        raise argparse.ArgumentTypeError(f"write the object id as 8-4-4-4-12 hex digits, not {text!r}")
+    return str(parsed)
 
 
 def _seconds(text: str) -> int:
@@ -595,6 +650,9 @@ def tokens_command(args: argparse.Namespace) -> int:
                 print(f"berth: a token named {args.name!r} exists; revoke it first", file=sys.stderr)
                 return 1
             print(f"token {args.name} created; its password (shown once):\n{password}")
+            if _auth_in_force() != "token":
+                print("berth: note: the registry runs with BERTH_AUTH=none: tokens have no effect until it "
+                      "runs with BERTH_AUTH=token", file=sys.stderr)
         elif args.action == "rotate":
             token = await access.get_token(args.name)
             password = generate_password()
@@ -634,8 +692,10 @@ def roles_command(args: argparse.Namespace) -> int:
             for pattern, names in await access.role_assignments(args.object_id):
                 print(f"{pattern}\t{','.join(names)}")
         elif not await access.remove_assignment(args.object_id, args.repository):
-            print("berth: no such assignment", file=sys.stderr)
+            print(f"berth: {args.object_id} has no assignment on {args.repository}", file=sys.stderr)
             return 1
+        else:
+            print(f"{args.object_id}: assignment on {args.repository} removed")
         return 0
 
     return with_store(work)
@@ -791,11 +851,20 @@ def _metadata_parsers(commands: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m registry", description="Berth, a private OCI registry")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="serve the registry locally (starts Azurite if needed)")
-    serve_parser.add_argument("--host", default="127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=5000)
-    serve_parser.add_argument("--log-level", default="info")
-    serve_parser.add_argument("--access-log", action="store_true", help="log every request")
+    serve_parser = commands.add_parser(
+        "serve", help="serve the registry locally (starts Azurite if needed)",
+        description="Serve the registry with uvicorn. Without BERTH_STORAGE_CONNECTION_STRING or "
+                    "BERTH_STORAGE_ACCOUNT it starts Azurite on free loopback ports, with its data in "
+                    "BERTH_LOCAL_DATA_DIR (.berth-data), and stops it on exit; one server per data folder.")
+    serve_parser.add_argument("--host", default="127.0.0.1",
+                              help="address to listen on (default 127.0.0.1; beyond loopback, mind "
+                                   "BERTH_AUTH and that redirect mode sends clients to Azurite on loopback)")
+    serve_parser.add_argument("--port", type=_port, default=5000, help="TCP port, 1-65535 (default 5000)")
+    serve_parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                              help="uvicorn's log level (default info)")
+    serve_parser.add_argument("--access-log", action="store_true",
+                              help="log every request as a JSON line with its X-Request-Id (BERTH_REQUEST_LOG=all; "
+                                   "the default logs writes and errors)")
     commands.add_parser("purge-uploads", help="delete expired, unfinished uploads and their bytes (and old "
                                           "failed-login records)")
     tokens = commands.add_parser("tokens", help="repository-scoped tokens (ACR tokens + scope maps)")
@@ -804,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("name")
     create.add_argument("--scope", action="append", metavar="REPO=ACTIONS",
                         help="e.g. 'team/app=content/read,content/write' (REPO may be prefix/* or *); repeatable")
-    create.add_argument("--expires-days", type=int, default=None)
+    create.add_argument("--expires-days", type=_days, default=None, help="the token stops working after this many days")
     rotate = token_actions.add_parser("rotate", help="give a token a new password; its refresh tokens stop working")
     rotate.add_argument("name")
     token_actions.add_parser("list", help="list tokens")
@@ -813,13 +882,13 @@ def main(argv: list[str] | None = None) -> int:
     role_parser = commands.add_parser("roles", help="per-repository role assignments for Entra principals")
     role_actions = role_parser.add_subparsers(dest="action", required=True)
     assign = role_actions.add_parser("assign", help="grant roles on a repository (narrows the principal)")
-    assign.add_argument("object_id")
+    assign.add_argument("object_id", type=_object_id, help="the principal's Entra object id (a GUID)")
     assign.add_argument("--role", required=True, help="AcrPull, AcrPush, AcrDelete or Owner; comma-separated")
     assign.add_argument("--repository", required=True, help="a name, prefix/* or *")
     listing = role_actions.add_parser("list", help="a principal's assignments")
-    listing.add_argument("object_id")
+    listing.add_argument("object_id", type=_object_id, help="the principal's Entra object id (a GUID)")
     remove = role_actions.add_parser("remove", help="remove an assignment")
-    remove.add_argument("object_id")
+    remove.add_argument("object_id", type=_object_id, help="the principal's Entra object id (a GUID)")
     remove.add_argument("--repository", required=True)
     gc_parser = commands.add_parser("gc", help="delete blob bytes no repository links to any more (safe while "
                                                "the registry runs)")

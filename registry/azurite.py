@@ -3,6 +3,7 @@ benchmark, and the small helpers they share to start and stop servers on loopbac
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -73,14 +74,54 @@ def wait_until_serving(url: str, process: subprocess.Popen[bytes], what: str, ti
     raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f} s")
 
 
-class Azurite:
-    """One Azurite process on 127.0.0.1, on ports it picks itself."""
+class DataFolderBusy(RuntimeError):
+    """Another process runs an Azurite on this data folder; `holder` says which (pid, what)."""
 
-    def __init__(self, location: Path | None = None, host: str = "127.0.0.1"):
+    def __init__(self, location: Path, holder: str):
+        super().__init__(f"{location} is in use by {holder or 'another process'}")
+        self.location = location
+        self.holder = holder
+
+
+class DataFolderLock:
+    """An exclusive lock on a data folder (flock: the kernel drops it when the holder dies,
+    however it dies). Two Azurites on one folder overwrite each other's files and lose data."""
+
+    def __init__(self, location: Path, holder: str):
+        self.path = location / ".berth-lock"
+        self._holder = holder
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise DataFolderBusy(self.path.parent, holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {self._holder}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+class Azurite:
+    """One Azurite process on 127.0.0.1, on ports it picks itself. With a data folder, it holds
+    that folder's lock while it runs (DataFolderBusy if another process does)."""
+
+    def __init__(self, location: Path | None = None, host: str = "127.0.0.1", holder: str = ""):
         self.location = location  # None keeps everything in memory
         self.host = host
         self.blob_port = self.queue_port = self.table_port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock = None if location is None else DataFolderLock(location, holder or "an Azurite")
 
     @property
     def connection_string(self) -> str:
@@ -95,9 +136,13 @@ class Azurite:
     def start(self, timeout: float = 30.0) -> Azurite:
         if not AZURITE_BIN.exists():
             raise RuntimeError(f"Azurite is not installed at {AZURITE_BIN}; run `npm ci` in {PROJECT_ROOT}")
+        if self._lock is not None:
+            self._lock.acquire()
         for _ in range(3):  # a port picked as free can be taken before Azurite binds it
             if self._try_start(timeout):
                 return self
+        if self._lock is not None:
+            self._lock.release()
         raise RuntimeError("Azurite did not start; see its output above")
 
     def _try_start(self, timeout: float) -> bool:
@@ -122,10 +167,17 @@ class Azurite:
             if all(_answers(port, self.host) for port in (self.blob_port, self.queue_port, self.table_port)):
                 return True
             time.sleep(0.1)
-        self.stop()
+        self._stop_process()
         return False
 
     def stop(self) -> None:
+        try:
+            self._stop_process()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _stop_process(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
         try:

@@ -48,3 +48,53 @@ def test_serve_starts_and_stops_its_own_azurite(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             stop_process(process)
+
+
+def test_one_server_per_data_folder_and_the_cli_uses_the_running_ones_storage(tmp_path: Path) -> None:
+    """README's worked example once started a second `serve` on the data of the first: a second
+    Azurite on the same files, and on its exit the first lost its storage-connection, so the CLI
+    then wrote to a third Azurite. Now the second refuses, naming the first, and loses nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env["BERTH_LOCAL_DATA_DIR"] = str(tmp_path / "data")
+    data = tmp_path / "data"
+    first_port, second_port = free_port(), free_port()
+    first = subprocess.Popen([sys.executable, "-m", "registry", "serve", "--port", str(first_port)],
+                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             stdin=subprocess.DEVNULL)
+    try:
+        wait_until_serving(f"http://127.0.0.1:{first_port}/v2/", first, "berth serve", timeout=60)
+        second = subprocess.run([sys.executable, "-m", "registry", "serve", "--port", str(second_port)],
+                                cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"pid {first.pid}" in second.stderr and f"127.0.0.1:{first_port}" in second.stderr
+        assert len(azurite_pids(data)) == 1 and (data / "storage-connection").exists()
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "registry", *args], cwd=PROJECT_ROOT, env=env,
+                                  capture_output=True, text=True, timeout=60)
+
+        created = cli("tokens", "create", "ci", "--scope", "team/app=content/read")
+        assert created.returncode == 0 and "created" in created.stdout
+        assert "BERTH_AUTH=none" in created.stderr  # it would have no effect on this registry
+        assert len(azurite_pids(data)) == 1  # the CLI used the running server's Azurite
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+        # After a restart the token is still there: it went to the data the server keeps.
+        listed = cli("tokens", "list")
+        assert listed.returncode == 0 and listed.stdout.startswith("ci\t")
+        assert azurite_pids(data) == []  # the CLI's own Azurite stopped with it, and gave the lock back
+    finally:
+        if first.poll() is None:
+            stop_process(first)
+
+
+def test_serve_and_roles_refuse_malformed_arguments(tmp_path: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "registry", *args], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "BERTH_LOCAL_DATA_DIR": str(tmp_path)})
+
+    port = cli("serve", "--port", "70661")
+    assert port.returncode == 2 and "1 to 65535" in port.stderr
+    guid = cli("roles", "assign", "alice", "--role", "AcrPull", "--repository", "team/*")
+    assert guid.returncode == 2 and "GUID" in guid.stderr
+    assert not (tmp_path / "azurite").exists()  # refused before any storage was touched

@@ -143,7 +143,8 @@ def test_role_assignments_narrow_an_entra_principal(auth_server: Server, azurite
                          "registry:catalog:*")
     access = jwt.decode(token, options={"verify_signature": False})["access"]
     assert access == [{"type": "repository", "name": a, "actions": ["pull"]}]
-    cli(azurite, "roles", "remove", object_id, "--repository", f"{prefix}/*")
+    assert cli(azurite, "roles", "remove", object_id, "--repository", f"{prefix}/*") == (
+        f"{object_id}: assignment on {prefix}/* removed\n")
     token = access_token(auth_server, NULL_USER, aad, f"repository:{a}:pull,push")
     assert jwt.decode(token, options={"verify_signature": False})["access"][0]["actions"] == ["pull", "push"]
 

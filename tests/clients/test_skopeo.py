@@ -128,3 +128,15 @@ def test_locked_images(skopeo: str, server: Server, repo: str, tmp_path: Path) -
     pull = subprocess.run([skopeo, "inspect", "--tls-verify=false", f"docker://{server.host}/{repo}:prod"],
                           capture_output=True, text=True, timeout=300)
     assert pull.returncode != 0 and "manifest unknown" in pull.stderr, pull.stderr
+
+
+def test_readmes_worked_example_image(skopeo: str, server: Server, repo: str, tmp_path: Path) -> None:
+    """README's worked example makes its own image (scripts/example-image.py) and pushes it."""
+    made = subprocess.run(["python3", str(Path(__file__).parents[2] / "scripts" / "example-image.py"),
+                           str(tmp_path / "layout")], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    copy(skopeo, f"oci:{tmp_path / 'layout'}:1.0", f"docker://{server.host}/{repo}:1.0")
+    inspected = json.loads(run(skopeo, "inspect", "--tls-verify=false", f"docker://{server.host}/{repo}:1.0"))
+    assert inspected["Digest"] == made.stdout.strip()
+    assert inspected["Labels"] == {"org.opencontainers.image.title": "berth-example"}
+    assert (inspected["Os"], inspected["Architecture"]) == ("linux", "amd64")
