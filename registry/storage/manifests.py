@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ DETAILS_IN_MANIFEST = "detailsInManifest"
 _DESCRIPTOR_OVERHEAD = 512
 # Conflicting transactions are retried this often before the client is told to retry.
 ATTEMPTS = 4
+PUT_ATTEMPTS = 8  # a push's transaction: concurrent pushes of one manifest take turns (see put)
 # Tags one manifest PUT may apply (`?tag=`): with the manifest and referrer rows they fit one
 # entity-group transaction of at most 100 operations.
 MAX_TAGS_PER_PUSH = 64
@@ -207,7 +209,7 @@ class ManifestStore:
         now = datetime.now(UTC)
         references = [] if cached_from_upstream else _reference_touches(partition, digest, manifest, now)
         gone: set[str] = set()  # manifests a tag named that are not there: nothing to stamp
-        for _ in range(ATTEMPTS):
+        for attempt in range(PUT_ATTEMPTS):
             pending = await self._fresh(pending)
             if existing is not None and rendition_of is not None:
                 return  # the rendition exists: renditions.py settles the rest with its pointer
@@ -274,6 +276,9 @@ class ManifestStore:
                     raise
                 if await self._recorded(pending):
                     return
+            # Pushes of one manifest under several tags at once conflict on its row, one winner a
+            # round: a random pause spreads the others out, so each gets its turn.
+            await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
             # A referenced blob or child deleted meanwhile fails the touch: say which, as a check would.
             existing, tag_rows, _, stamped = await asyncio.gather(
                 self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest)),

@@ -177,3 +177,24 @@ def test_delete_retried_after_a_storage_error_still_drops_the_repository(client:
     assert client.get(f"/v2/{repo}/manifests/{source}").status_code == 404
     tags = client.get(f"/v2/{repo}/tags/list")
     assert tags.status_code == 404, (outcomes, tags.status_code, tags.text)
+
+
+# --- one manifest pushed under many tags at once ----------------------------------------------
+
+
+def test_one_manifest_pushed_under_ten_tags_at_once_takes_every_tag(client: httpx.Client, repo: str) -> None:
+    """CI often pushes one image as `1.2.3`, `1.2`, `1` and `latest` in parallel: every PUT
+    conflicts on the manifest's row, one winner a round. With four attempts and no pause one of
+    eight failed 503 (measured); they now take turns."""
+    body = image_manifest(client, repo)
+
+    async def push_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=60) as http:
+            return await asyncio.gather(*(http.put(f"/v2/{repo}/manifests/t{i}", content=body,
+                                                   headers={"Content-Type": OCI_MANIFEST}) for i in range(10)))
+
+    answers = asyncio.run(push_all())
+    assert [answer.status_code for answer in answers] == [201] * 10, [a.text[:200] for a in answers]
+    assert sorted(client.get(f"/v2/{repo}/tags/list").json()["tags"]) == sorted(f"t{i}" for i in range(10))
+    digest = sha256(body)
+    assert {client.head(f"/v2/{repo}/manifests/t{i}").headers["Docker-Content-Digest"] for i in range(10)} == {digest}
