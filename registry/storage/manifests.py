@@ -75,7 +75,7 @@ DETAILS_IN_MANIFEST = "detailsInManifest"
 _DESCRIPTOR_OVERHEAD = 512
 # Conflicting transactions are retried this often before the client is told to retry.
 ATTEMPTS = 4
-PUT_ATTEMPTS = 8  # a push's transaction: concurrent pushes of one manifest take turns (see put)
+PUT_ATTEMPTS = 16  # a push's transaction: concurrent pushes of one manifest take turns (see put)
 # Tags one manifest PUT may apply (`?tag=`): with the manifest and referrer rows they fit one
 # entity-group transaction of at most 100 operations.
 MAX_TAGS_PER_PUSH = 64
@@ -278,7 +278,7 @@ class ManifestStore:
                     return
             # Pushes of one manifest under several tags at once conflict on its row, one winner a
             # round: a random pause spreads the others out, so each gets its turn.
-            await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+            await asyncio.sleep(random.uniform(0, min(0.25, 0.01 * 2**attempt)))
             # A referenced blob or child deleted meanwhile fails the touch: say which, as a check would.
             existing, tag_rows, _, stamped = await asyncio.gather(
                 self._metadata.read_fast(self._metadata.repos, partition, MANIFEST + str(digest)),
