@@ -49,6 +49,12 @@ async def health(req: Request) -> Response:
     return await berth.handle(req)
 
 
+@app.route(route="ui/{*path}", methods=["GET", "HEAD", "POST"])
+async def web_page(req: Request) -> Response:
+    """The read-only web page: repositories, tags, manifests and their referrers (/ui/)."""
+    return await berth.handle(req)
+
+
 @app.timer_trigger(schedule="0 17 * * * *", arg_name="timer", run_on_startup=False)
 async def purge_expired_uploads(timer: func.TimerRequest) -> None:
     """Hourly: remove upload sessions that expired unfinished (and their bytes), and old failed-login records."""

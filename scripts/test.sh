@@ -4,14 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The real clients the suite drives, the CNCF registry (an upstream to import from), and nginx
-# (the round-robin front of the multi-instance mode), from Debian. Without root they must
-# already be installed. Their services are not started (see policy-rc.d below).
+# The real clients the suite drives, the CNCF registry (an upstream to import from), nginx (the
+# round-robin front of the multi-instance mode) and chromium (the web page), from Debian. Without
+# root they must already be installed. Their services are not started (see policy-rc.d below).
 clients=(skopeo podman buildah containerd docker-registry)
 missing=()
 for tool in "${clients[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 # nginx lives in /usr/sbin, often not on a non-root PATH; Debian 12 ships it as nginx-light.
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+# The web page's tests drive a real browser: Debian's chromium and its driver (tests/ui).
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

@@ -26,6 +26,7 @@ from registry.oci.events import RequestInfo
 from registry.oci.names import validate_name
 from registry.storage.errors import storage_failure, unavailable
 from registry.storage.events import current_request
+from registry.ui.views import WebPages
 
 log = logging.getLogger("berth.api")
 
@@ -134,6 +135,7 @@ class RegistryApi:
         self._context_factory = context_factory
         self._authorizer = authorizer
         self._request_log = request_log
+        self._pages = WebPages()
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -171,6 +173,8 @@ class RegistryApi:
         path = request.scope["path"]
         if path in BARE_ROUTES and request.method in ("GET", "HEAD"):
             return await BARE_ROUTES[path](request)
+        if path == "/ui" or path.startswith("/ui/"):  # the web page: its own sign-in, see registry/ui
+            return await self._pages.handle(request, await self._context_factory())
         for route in ROUTES:
             match = route.pattern.fullmatch(path)
             if match is None:

@@ -266,6 +266,8 @@ def test_deployment_zip_holds_the_app_and_nothing_else(tmp_path: Path) -> None:
                    check=True, capture_output=True)
     names = zipfile.ZipFile(out).namelist()
     assert {"function_app.py", "host.json", "requirements.txt", "registry/app.py"} <= set(names)
+    # The web page's templates and stylesheet are not Python: they must come along too.
+    assert {"registry/ui/templates/base.html", "registry/ui/static/berth.css"} <= set(names)
     assert all(n.split("/")[0] in {"function_app.py", "host.json", "requirements.txt", "registry"} for n in names)
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     # The development harness (Azurite's well-known key) and the command line stay out.

@@ -1,0 +1,1 @@
+"""The registry's web page (/ui/): server-rendered, read-only."""
