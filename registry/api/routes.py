@@ -174,7 +174,12 @@ class RegistryApi:
         if path in BARE_ROUTES and request.method in ("GET", "HEAD"):
             return await BARE_ROUTES[path](request)
         if path == "/ui" or path.startswith("/ui/"):  # the web page: its own sign-in, see registry/ui
-            return await self._pages.handle(request, await self._context_factory())
+            context = await self._context_factory()
+            try:
+                async with asyncio.timeout(context.settings.request_budget_seconds):
+                    return await self._pages.handle(request, context)
+            except TimeoutError:
+                raise unavailable(f"no answer within {context.settings.request_budget_seconds} s") from None
         for route in ROUTES:
             match = route.pattern.fullmatch(path)
             if match is None:

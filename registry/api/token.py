@@ -44,7 +44,7 @@ def _denied(request: Request, settings: Settings, error: AuthenticationFailed | 
     return RegistryError(UNAUTHORIZED, str(error), headers={"WWW-Authenticate": 'Basic realm="berth"'})
 
 
-async def _principal(request: Request, ctx: Context, tokens: TokenService, username: str, password: str,
+async def password_principal(request: Request, ctx: Context, tokens: TokenService, username: str, password: str,
                      service: str) -> Principal:
     """The principal of a password login. A refused one is answered at a fixed time after it
     arrived: every wrong guess costs its sender that long (and us nothing but a timer), and the
@@ -58,7 +58,7 @@ async def _principal(request: Request, ctx: Context, tokens: TokenService, usern
         raise _denied(request, ctx.settings, error, username) from None
 
 
-async def _form(request: Request) -> dict[str, list[str]]:
+async def read_form(request: Request) -> dict[str, list[str]]:
     body = await read_body(request, MAX_FORM_BYTES)
     try:
         return parse_qs(body.decode(), keep_blank_values=False)
@@ -108,7 +108,7 @@ async def get_token(request: Request, ctx: Context) -> Response:
     tokens = _service(ctx)
     service = service_name(request, ctx.settings)
     credentials = _basic_credentials(request, ctx.settings)
-    principal = (await _principal(request, ctx, tokens, *credentials, service) if credentials
+    principal = (await password_principal(request, ctx, tokens, *credentials, service) if credentials
                  else tokens.anonymous())
     scopes = parse_scopes(request.query_params.getlist("scope"))
     offline = request.query_params.get("offline_token") == "true" and principal.kind != "anonymous"
@@ -121,14 +121,14 @@ async def post_token(request: Request, ctx: Context) -> Response:
     """OAuth2 form: grant_type=password or refresh_token -> access token (+ refresh token if offline)."""
     tokens = _service(ctx)
     service = service_name(request, ctx.settings)
-    form = await _form(request)
+    form = await read_form(request)
     grant_type = _first(form, "grant_type")
     principal: Principal
     if grant_type == "password":
         username, password = _first(form, "username"), _first(form, "password")
         if not username or password is None:
             raise _denied(request, ctx.settings, AuthenticationFailed("username and password are required"))
-        principal = await _principal(request, ctx, tokens, username, password, service)
+        principal = await password_principal(request, ctx, tokens, username, password, service)
     elif grant_type == "refresh_token":
         refresh = _first(form, "refresh_token")
         try:
@@ -148,7 +148,7 @@ async def exchange(request: Request, ctx: Context) -> Response:
     """Entra ID access token -> registry refresh token (what `az acr login` does)."""
     tokens = _service(ctx)
     service = service_name(request, ctx.settings)
-    form = await _form(request)
+    form = await read_form(request)
     grant_type = _first(form, "grant_type")
     if grant_type not in ("access_token", "access_token_refresh_token"):
         raise RegistryError(UNSUPPORTED_GRANT, f"unsupported grant_type {grant_type!r}")

@@ -37,6 +37,7 @@ from registry.storage.metadata import (
     RENDITION_OF,
     TAG,
     MetadataStore,
+    next_key,
     repository_key,
     repository_name,
 )
@@ -336,15 +337,22 @@ class RegistryStore:
         row = await self.metadata.get(self.metadata.catalog, CATALOG_PARTITION, repository_key(repository))
         return row is not None and await self._listed(row)
 
-    async def list_repositories(self, limit: int, last: str | None) -> tuple[list[str], str | None]:
-        """Up to `limit` repositories after `last` that have content, and the name to continue
-        after (None: the last page). Emptied repositories are skipped; after CATALOG_PASSES
-        reads the page may be short (the spec allows it), so no listing costs more than that."""
+    async def list_repositories(self, limit: int, last: str | None, prefix: str = "") -> tuple[list[str], str | None]:
+        """Up to `limit` repositories after `last` that have content (and whose names start with
+        `prefix`), and the name to continue after (None: the last page). Emptied repositories are
+        skipped; after CATALOG_PASSES reads the page may be short (the spec allows it), so no
+        listing costs more than that."""
         names: list[str] = []
         after = repository_key(last) if last else None
+        bounds, parameters = "", {}
+        if prefix:  # keys from the prefix's own (a name equal to it included) to the next prefix
+            start = repository_key(prefix)
+            below = start[:-1] + chr(ord(start[-1]) - 1) + "~"  # names use no character after "~"
+            after = after if after is not None and after > below else below
+            bounds, parameters = " and RowKey lt @high", {"high": next_key(start)}
         for _ in range(CATALOG_PASSES):
-            rows = [row async for row in
-                    self.metadata.scan(self.metadata.catalog, CATALOG_PARTITION, "", after, limit + 1)]
+            rows = [row async for row in self.metadata.scan(self.metadata.catalog, CATALOG_PARTITION, "", after,
+                                                            limit + 1, bounds, parameters)]
             listed = await asyncio.gather(*(self._listed(row) for row in rows))
             names += [repository_name(row["RowKey"]) for row, keep in zip(rows, listed, strict=True) if keep]
             if len(names) > limit:

@@ -23,9 +23,9 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from registry.api.http import Context
-from registry.auth.audit import client_address
+from registry.api.token import password_principal, read_form
+from registry.auth import Grant
 from registry.auth.authorizer import base_url, service_name
-from registry.auth.limits import TooManyFailures
 from registry.auth.roles import Principal
 from registry.auth.service import AuthenticationFailed
 from registry.oci.digest import Digest, parse_digest
@@ -34,6 +34,7 @@ from registry.oci.manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, INDEXES
 from registry.oci.names import validate_name
 from registry.oci.summary import summarize
 from registry.storage.attributes import Cursor
+from registry.storage.metadata import repository_key
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -41,6 +42,10 @@ COOKIE = "berth_ui"
 PAGE = 50
 MAX_CONFIG_BYTES = 256 * 1024  # a config bigger than this is not fetched for the page
 MAX_MANIFEST_PAGE_BYTES = 512 * 1024  # the raw manifest is shown only up to this size
+MAX_SUMMARIZED_BYTES = 512 * 1024  # a tag's image size is worked out from manifests up to this size
+MAX_ROWS = 500  # layers or platforms shown of one manifest ("and N more")
+MAX_RANGES = 20  # the repository ranges a viewer's rules name that one page reads
+SAFE_QUERY = re.compile(r"[a-z0-9._/-]*")
 # /ui/repo/<name> (its tags) and /ui/repo/<name>@<digest> (a manifest): no name contains "@".
 _REPOSITORY = re.compile(r"/ui/repo/(?P<name>[^@]+?)/?")
 _MANIFEST = re.compile(r"/ui/repo/(?P<name>[^@]+)@(?P<digest>[a-z0-9+._-]+:[a-zA-Z0-9=_-]+)")
@@ -49,13 +54,14 @@ KINDS = {OCI_MANIFEST: "OCI image", OCI_INDEX: "OCI index", DOCKER_MANIFEST: "Do
          DOCKER_MANIFEST_LIST: "Docker manifest list"}
 
 
-def kind_of(media_type: str) -> str:
+def kind_of(media_type: object) -> str:
     """The answer to "which of my images are OCI?": OCI, Docker, or the media type itself."""
-    return KINDS.get(media_type, media_type)
+    return KINDS.get(media_type, media_type) if isinstance(media_type, str) else "-"
 
 
-def human_size(size: int | None) -> str:
-    if size is None:
+def human_size(size: object) -> str:
+    """Sizes come from manifests anyone with push wrote: anything but a sane integer is "-"."""
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**63:
         return "-"
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -65,14 +71,16 @@ def human_size(size: int | None) -> str:
     return f"{size} B"
 
 
-def when(time: datetime | str | None) -> str:
-    if time is None:
+def when(time: object) -> str:
+    if not isinstance(time, (str, datetime)):
         return "-"
     if isinstance(time, str):
         try:
             time = datetime.fromisoformat(time.replace("Z", "+00:00"))
         except ValueError:
             return time[:40]
+    if not isinstance(time, datetime):
+        return "-"
     return time.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -80,6 +88,12 @@ templates.env.filters["size"] = human_size
 templates.env.filters["when"] = when
 templates.env.filters["kind"] = kind_of
 templates.env.filters["short"] = lambda digest: str(digest).split(":", 1)[-1][:12]
+
+
+def ui_service(request: Request, ctx: Context) -> str:
+    """The audience of the page's refresh tokens: not the registry's, so a cookie that leaked is
+    no `docker login` password (the token endpoint verifies against the registry's audience)."""
+    return service_name(request, ctx.settings) + "#ui"
 
 
 class Viewer:
@@ -98,6 +112,31 @@ class Viewer:
     def can_pull(self, repository: str) -> bool:
         return self.principal is None or "pull" in self.principal.actions_on(repository)
 
+    def may_list(self) -> bool:
+        """Anonymous callers pull by name but do not browse: /v2/_catalog refuses them too."""
+        return self.principal is None or self.principal.kind != "anonymous"
+
+    def prefixes(self, query: str) -> list[str] | None:
+        """The name prefixes this viewer may pull under that also match `query` (None: an exact
+        name only, or nothing)."""
+        if self.principal is None:
+            return [query]
+        found: set[str] = set()
+        for rule in self.principal.rules:
+            if "pull" not in rule.actions:
+                continue
+            if rule.pattern == "*":
+                return [query]
+            if rule.pattern.endswith("/*"):
+                start = rule.pattern[:-1]
+            else:
+                start = rule.pattern  # an exact name: its range holds it (and longer names, filtered)
+            if query.startswith(start):
+                found.add(query)
+            elif start.startswith(query):
+                found.add(start)
+        return sorted(found)[:MAX_RANGES]
+
 
 class WebPages:
     """Answers /ui/... for the registry's application (registry/api/routes.py dispatches here)."""
@@ -108,18 +147,24 @@ class WebPages:
             return FileResponse(HERE / "static" / "berth.css", headers={"Cache-Control": "max-age=3600"})
         if path == "/ui":
             return RedirectResponse("/ui/", status_code=308)
+        if path in ("/ui/login", "/ui/logout") and request.method == "POST" and not _same_site(request, ctx):
+            return self._error(request, ctx, 403, "Forbidden", "Sign-in and sign-out are only taken from this site.")
         if path == "/ui/login":
             if request.method == "POST":
                 return await self._login(request, ctx)
-            return self._page(request, "login.html", {"error": None, "viewer": Viewer(None, False)},
-                              ctx=ctx, status=200)
+            return self._page(request, "login.html", {"error": None, "viewer": Viewer(None, False),
+                                                      "next": _target(request.query_params.get("next"))}, ctx=ctx)
         if path == "/ui/logout" and request.method == "POST":
             response = RedirectResponse("/ui/login", status_code=303)
             response.delete_cookie(COOKIE, path="/ui")
             return response
         if request.method not in ("GET", "HEAD"):
-            return self._error(request, ctx, 405, "Method not allowed", "This page is read-only.")
+            response = self._error(request, ctx, 405, "Method not allowed", "This page is read-only.")
+            response.headers["Allow"] = "GET, HEAD"
+            return response
         viewer = await self._viewer(request, ctx)
+        if viewer is not None and viewer.principal is not None:
+            request.state.grant = Grant(viewer.principal.subject)  # the request log names the viewer
         if viewer is None:
             target = "/ui/login?" + urlencode({"next": request.url.path})
             response = RedirectResponse(target, status_code=303)
@@ -146,7 +191,7 @@ class WebPages:
         cookie = request.cookies.get(COOKIE)
         if cookie:
             try:
-                principal = await ctx.tokens.from_refresh_token(cookie, service_name(request, ctx.settings))
+                principal = await ctx.tokens.from_refresh_token(cookie, ui_service(request, ctx))
             except AuthenticationFailed:
                 return None
             return Viewer(principal, True)
@@ -154,20 +199,19 @@ class WebPages:
         return Viewer(anonymous, False) if anonymous.rules else None
 
     async def _login(self, request: Request, ctx: Context) -> Response:
-        form = await request.form()
-        username, password = str(form.get("username") or ""), str(form.get("password") or "")
-        target = str(form.get("next") or "/ui/")
-        if not target.startswith("/ui/") or target.startswith("//"):
-            target = "/ui/"  # never redirect off this site
+        """The token endpoint's password check (failure limits, a fixed-time refusal, the audit
+        log), then a refresh token only this page accepts, in the cookie."""
+        form = await read_form(request)
+        username, password = (form.get("username") or [""])[0], (form.get("password") or [""])[0]
+        target = _target((form.get("next") or [None])[0])
         if ctx.tokens is None:
             return RedirectResponse(target, status_code=303)
-        service = service_name(request, ctx.settings)
         try:
-            principal = await ctx.tokens.from_password(username, password, service,
-                                                       client_address(request, ctx.settings))
-            refresh = ctx.tokens.refresh_token(service, principal)
-        except (AuthenticationFailed, TooManyFailures) as error:
-            status = 429 if isinstance(error, TooManyFailures) else 401
+            principal = await password_principal(request, ctx, ctx.tokens, username, password,
+                                                 service_name(request, ctx.settings))
+            refresh = ctx.tokens.refresh_token(ui_service(request, ctx), principal)
+        except (RegistryError, AuthenticationFailed) as error:
+            status = 429 if isinstance(error, RegistryError) and error.status == 429 else 401
             message = ("Too many failed sign-ins; wait a few minutes." if status == 429
                        else "Those credentials were not accepted.")
             return self._page(request, "login.html", {"error": message, "viewer": Viewer(None, False),
@@ -181,44 +225,39 @@ class WebPages:
     # --- pages ----------------------------------------------------------------------------
 
     async def _repositories(self, request: Request, ctx: Context, viewer: Viewer) -> Response:
-        """Repositories in name order, PAGE at a time, optionally those starting with `q`: the
-        catalog is read in pages from where the prefix starts, so 10,000 repositories cost
-        what the page shows, not a scan."""
+        """Repositories in catalog order, PAGE at a time, those starting with `q` if given. Only
+        the ranges the viewer's pull rules name are read (a prefix each, from where it starts):
+        a page costs what it shows, never a scan past names the viewer may not pull, and the
+        cursor is always a name the viewer may see."""
         query = (request.query_params.get("q") or "").strip().lower()[:256]
         last = request.query_params.get("last") or None
-        if last is None and query:
-            last = query[:-1] + chr(ord(query[-1]) - 1) + "~"  # just before the first name with the prefix
-        shown: list[str] = []
-        more = False
-        for _ in range(20):  # a viewer who may pull few repositories: read on, a bounded number of pages
-            names, after = await ctx.store.list_repositories(200, last)
-            for name in names:
-                if query and not name.startswith(query):
-                    after = None
-                    break
-                if viewer.can_pull(name):
-                    if len(shown) == PAGE:
-                        more = True
-                        break
-                    shown.append(name)
-            if more or after is None:
-                break
-            last = after
-        next_page = None
-        if more:
-            next_page = "/ui/?" + urlencode({k: v for k, v in (("q", query), ("last", shown[-1])) if v})
-        return self._page(request, "repositories.html", {"viewer": viewer, "repositories": shown, "query": query,
-                                                         "next_page": next_page}, ctx=ctx)
+        context: dict[str, Any] = {"viewer": viewer, "repositories": [], "query": query, "next_page": None,
+                                   "browsable": viewer.may_list()}
+        if not viewer.may_list() or not SAFE_QUERY.fullmatch(query) or (last and not SAFE_QUERY.fullmatch(last)):
+            return self._page(request, "repositories.html", context, ctx=ctx)
+        if last and not viewer.can_pull(last):
+            last = None
+        pages = await asyncio.gather(*(ctx.store.list_repositories(PAGE + 1, last, prefix)
+                                       for prefix in viewer.prefixes(query) or []))
+        names = sorted({name for found, _ in pages for name in found
+                        if name.startswith(query) and viewer.can_pull(name)}, key=repository_key)
+        context["repositories"] = names[:PAGE]
+        if len(names) > PAGE or any(after is not None for _, after in pages):
+            if names[:PAGE]:
+                context["next_page"] = "/ui/?" + urlencode({k: v for k, v in (("q", query),
+                                                                            ("last", names[:PAGE][-1])) if v})
+        return self._page(request, "repositories.html", context, ctx=ctx)
 
     async def _repository(self, request: Request, ctx: Context, viewer: Viewer, name: str) -> Response:
         name = validate_name(name)
-        if not viewer.can_pull(name):
+        if not await _readable(ctx, viewer, name):
             return self._error(request, ctx, 404, "Not found", f"No repository {name} you may pull.", viewer)
         last = request.query_params.get("last") or None
         (tags, more), repository = await asyncio.gather(
             ctx.store.attributes.tags(name, PAGE, Cursor(last), None, None), ctx.store.attributes.repository(name))
         manifests = await _manifests(ctx, name, {tag.digest for tag in tags})
-        rows = [{"tag": tag, "manifest": manifests.get(tag.digest)} for tag in tags]
+        # A tag whose manifest is read-disabled (or gone meanwhile) pulls as unknown: not shown.
+        rows = [{"tag": tag, "manifest": manifests[tag.digest]} for tag in tags if tag.digest in manifests]
         next_page = f"/ui/repo/{name}?" + urlencode({"last": tags[-1].name}) if more else None
         return self._page(request, "repository.html", {
             "viewer": viewer, "name": name, "repository": repository, "rows": rows, "next_page": next_page,
@@ -227,7 +266,7 @@ class WebPages:
     async def _manifest(self, request: Request, ctx: Context, viewer: Viewer, name: str, raw: str) -> Response:
         name = validate_name(name)
         digest = parse_digest(raw)
-        if not viewer.can_pull(name):
+        if not await _readable(ctx, viewer, name):
             return self._error(request, ctx, 404, "Not found", f"No repository {name} you may pull.", viewer)
         attributes, stored = await asyncio.gather(ctx.store.attributes.manifest(name, digest),
                                                   ctx.store.manifests.get(name, digest, with_body=True))
@@ -239,8 +278,8 @@ class WebPages:
         return self._page(request, "manifest.html", {
             "viewer": viewer, "name": name, "digest": str(digest), "attributes": attributes,
             "media_type": stored.media_type, "is_index": stored.media_type in INDEXES,
-            "entries": [entry for entry in document.get("manifests", []) if isinstance(entry, dict)],
-            "layers": [layer for layer in document.get("layers", []) if isinstance(layer, dict)],
+            "entries": _rows(document.get("manifests")), "layers": _rows(document.get("layers")),
+            "entries_more": _more(document.get("manifests")), "layers_more": _more(document.get("layers")),
             "config_descriptor": document.get("config") if isinstance(document.get("config"), dict) else None,
             "config": config, "annotations": _strings(document.get("annotations")),
             "artifact_type": document.get("artifactType"), "subject": subject, "referrers": referrers,
@@ -259,6 +298,7 @@ class WebPages:
         response.headers["Content-Security-Policy"] = ("default-src 'none'; style-src 'self'; img-src 'self'; "
                                                        "form-action 'self'; frame-ancestors 'none'")
         response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
     def _error(self, request: Request, ctx: Context, status: int, title: str, message: str,
@@ -267,23 +307,61 @@ class WebPages:
                                                   "message": message}, ctx=ctx, status=status)
 
 
+def _target(raw: str | None) -> str:
+    """Where to go after signing in: a page of this site, never anywhere else."""
+    return raw if raw and raw.startswith("/ui/") and "\\" not in raw else "/ui/"
+
+
+def _same_site(request: Request, ctx: Context) -> bool:
+    """A sign-in or sign-out form sent from this site (not a forged cross-site POST)."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True  # not a browser's cross-site POST (those send Origin)
+    return origin == base_url(request, ctx.settings)
+
+
+async def _readable(ctx: Context, viewer: Viewer, name: str) -> bool:
+    """The viewer may pull here, and the repository is not read-disabled (a pull would fail)."""
+    return viewer.can_pull(name) and (await ctx.store.locks.fresh(name)).readEnabled
+
+
+def _rows(value: Any) -> list[dict[str, Any]]:
+    return [row for row in value if isinstance(row, dict)][:MAX_ROWS] if isinstance(value, list) else []
+
+
+def _more(value: Any) -> int:
+    return max(0, len(value) - MAX_ROWS) if isinstance(value, list) else 0
+
+
 def _host(request: Request, ctx: Context) -> str:
     """The registry's host as `docker pull` wants it."""
     return base_url(request, ctx.settings).split("://", 1)[1].rstrip("/")
 
 
 def _strings(value: Any) -> dict[str, str]:
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+    """Labels or annotations: strings, at most 200 of them, each clipped."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k)[:200]: str(v)[:1000] for k, v in list(value.items())[:200]}
 
 
 async def _manifests(ctx: Context, name: str, digests: set[str]) -> dict[str, dict[str, Any]]:
-    """Media type and size of each manifest a page of tags names: one point read each, at once."""
+    """Media type and image size of each manifest a page of tags names (a point read each, a few
+    at a time); a big manifest's image size is not worked out for a list ("-")."""
+    gate = asyncio.Semaphore(8)
+
     async def one(raw: str) -> tuple[str, dict[str, Any] | None]:
-        try:
-            stored = await ctx.store.manifests.get(name, parse_digest(raw), with_body=True)
-        except RegistryError:
-            return raw, None
-        return raw, {"media_type": stored.media_type, "size": summarize(stored.body or b"").image_size}
+        async with gate:
+            try:
+                stored = await ctx.store.manifests.get(name, parse_digest(raw), with_body=True)
+            except RegistryError:
+                return raw, None
+        body = stored.body or b""
+        size = summarize(body).image_size if len(body) <= MAX_SUMMARIZED_BYTES else None
+        return raw, {"media_type": stored.media_type, "size": size}
 
     found = await asyncio.gather(*(one(raw) for raw in digests))
     return {raw: value for raw, value in found if value is not None}
@@ -308,9 +386,21 @@ async def _config(ctx: Context, name: str, document: dict[str, Any]) -> dict[str
     if not isinstance(config, dict):
         return None
     inner = config.get("config") if isinstance(config.get("config"), dict) else {}
-    return {"os": config.get("os"), "architecture": config.get("architecture"), "variant": config.get("variant"),
-            "created": config.get("created"), "labels": _strings(inner.get("Labels")),
-            "entrypoint": inner.get("Entrypoint"), "cmd": inner.get("Cmd")}
+    return {"os": _text(config.get("os")), "architecture": _text(config.get("architecture")),
+            "variant": _text(config.get("variant")), "created": _text(config.get("created")),
+            "labels": _strings(inner.get("Labels")), "entrypoint": _words(inner.get("Entrypoint")),
+            "cmd": _words(inner.get("Cmd"))}
+
+
+def _text(value: Any) -> str | None:
+    return value[:200] if isinstance(value, str) else None
+
+
+def _words(value: Any) -> list[str] | None:
+    """A command as the config gives it (a list of strings), clipped for the page."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        return None
+    return [item[:200] for item in value[:50]]
 
 
 async def _referrers(ctx: Context, name: str, digest: Digest) -> dict[str, list[dict[str, Any]]]:
