@@ -179,8 +179,9 @@ class AttributeStore:
         extra, parameters = (" and digest eq @digest", {"digest": str(digest)}) if digest else ("", {})
         if order is None:
             found: list[TagAttributes] = []
+            # A page's worth per read (and a little more for tags not listed): not 1,000 rows for 50.
             scan = self._scan(repository, TAG, after=cursor.name, extra_filter=extra, parameters=parameters,
-                              select=_TAG_FIELDS)
+                              select=_TAG_FIELDS, page_size=min(limit + 10, 1000))
             async with aclosing(scan):
                 async for row in scan:
                     if _listed(row):

@@ -126,16 +126,18 @@ class MetadataStore:
         extra_filter: str = "",
         parameters: dict[str, Any] | None = None,
         select: list[str] | None = None,
+        page_size: int | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Rows of one partition whose key starts with prefix, in key order, after `after`;
-        with `select`, only those properties (and the keys) are read."""
+        with `select`, only those properties (and the keys) are read. `page_size`: rows per
+        storage read where the caller stops by itself (without it, `limit` or 1000)."""
         query = "PartitionKey eq @pk and RowKey gt @low"
         params = {"pk": partition, "low": prefix + after if after else prefix, **(parameters or {})}
         if prefix:
             query += " and RowKey lt @high"
             params["high"] = next_key(prefix)
         query += extra_filter
-        page_size = min(limit, 1000) if limit else 1000
+        page_size = page_size or (min(limit, 1000) if limit else 1000)
         count = 0
         chosen = {"select": select} if select else {}
         async for entity in table.query_entities(query, parameters=params, results_per_page=page_size, **chosen):

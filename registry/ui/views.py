@@ -253,14 +253,15 @@ class WebPages:
         if not await _readable(ctx, viewer, name):
             return self._error(request, ctx, 404, "Not found", f"No repository {name} you may pull.", viewer)
         last = request.query_params.get("last") or None
-        (tags, more), repository = await asyncio.gather(
-            ctx.store.attributes.tags(name, PAGE, Cursor(last), None, None), ctx.store.attributes.repository(name))
+        # No counts: they would read every tag and manifest row of the repository on each view.
+        (tags, more), locks = await asyncio.gather(ctx.store.attributes.tags(name, PAGE, Cursor(last), None, None),
+                                                   ctx.store.locks.cached(name))
         manifests = await _manifests(ctx, name, {tag.digest for tag in tags})
         # A tag whose manifest is read-disabled (or gone meanwhile) pulls as unknown: not shown.
         rows = [{"tag": tag, "manifest": manifests[tag.digest]} for tag in tags if tag.digest in manifests]
         next_page = f"/ui/repo/{name}?" + urlencode({"last": tags[-1].name}) if more else None
         return self._page(request, "repository.html", {
-            "viewer": viewer, "name": name, "repository": repository, "rows": rows, "next_page": next_page,
+            "viewer": viewer, "name": name, "locks": locks, "rows": rows, "next_page": next_page, "first": last is None,
             "host": _host(request, ctx)}, ctx=ctx)
 
     async def _manifest(self, request: Request, ctx: Context, viewer: Viewer, name: str, raw: str) -> Response:
