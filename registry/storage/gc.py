@@ -94,9 +94,10 @@ class GarbageCollector:
             report.deleted_bytes = sum(state.size for state in candidates.values())
             return report
         condemned = await self._condemn(candidates, report, progress)
-        await asyncio.sleep(settle)
-        linked_now = {link.location for link in await self._links(progress)}
-        await self._settle(condemned, linked_now, report, progress)
+        if condemned:  # nothing condemned, nothing to wait for (the daily run then costs seconds)
+            await asyncio.sleep(settle)
+            linked_now = {link.location for link in await self._links(progress)}
+            await self._settle(condemned, linked_now, report, progress)
         await self._remove_dangling_links(links, blobs, report)
         await self._remove_stale_index_rows(cutoff, blobs, report)
         return report
