@@ -117,8 +117,9 @@ class Viewer:
         return self.principal is None or self.principal.kind != "anonymous"
 
     def prefixes(self, query: str) -> list[str] | None:
-        """The name prefixes this viewer may pull under that also match `query` (None: an exact
-        name only, or nothing)."""
+        """The catalog ranges (name prefixes) to read for `query`: where the viewer's pull rules
+        and the query overlap. An exact name is a range too; names it holds that the rule does
+        not cover are filtered out afterwards."""
         if self.principal is None:
             return [query]
         found: set[str] = set()
