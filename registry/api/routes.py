@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -26,7 +27,6 @@ from registry.oci.events import RequestInfo
 from registry.oci.names import validate_name
 from registry.storage.errors import storage_failure, unavailable
 from registry.storage.events import current_request
-from registry.ui.views import WebPages
 
 log = logging.getLogger("berth.api")
 
@@ -135,7 +135,7 @@ class RegistryApi:
         self._context_factory = context_factory
         self._authorizer = authorizer
         self._request_log = request_log
-        self._pages = WebPages()
+        self._pages: Any = None  # the web page (registry/ui), imported on its first request
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -175,6 +175,10 @@ class RegistryApi:
             return await BARE_ROUTES[path](request)
         if path == "/ui" or path.startswith("/ui/"):  # the web page: its own sign-in, see registry/ui
             context = await self._context_factory()
+            if self._pages is None:  # Jinja2 and the templates: not on the registry API's cold start
+                from registry.ui.views import WebPages
+
+                self._pages = WebPages()
             try:
                 async with asyncio.timeout(context.settings.request_budget_seconds):
                     return await self._pages.handle(request, context)
