@@ -273,7 +273,8 @@ module eventGridEndpoint 'modules/private-endpoint.bicep' = if (eventGridTopic) 
 // Token auth cannot start without a key every instance shares: refuse the deployment without one.
 var signingKeySetting = empty(keyVaultName) ? tokenSigningKey : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${signingKeySecretName})'
 
-// Refuses, before anything is created, parameters with which the app cannot start.
+// Refuses parameters with which the app cannot start; the app waits for it (other resources may
+// already be under way when it fails).
 module preconditions 'modules/preconditions.bicep' = {
   name: 'preconditions'
   params: {
@@ -337,6 +338,8 @@ module functionApp 'modules/functionapp.bicep' = {
   dependsOn: [
     preconditions
     storage // its data roles: an instance that starts before them fails its first requests
+    secretsUser // the Key Vault reference is resolved when the app's settings are written
+    metricsPublisher
   ]
 }
 

@@ -24,7 +24,7 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError
 
 from registry.api.http import Context
-from registry.azurite import PROJECT_ROOT, Azurite, DataFolderBusy
+from registry.azurite import PROJECT_ROOT, Azurite, DataFolderBusy, DataFolderLock
 from registry.settings import Settings, SettingsError, load_settings
 
 
@@ -106,6 +106,20 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running_serve(settings: Settings) -> str | None:
+    """The storage of the `serve` that holds the local data, if one does. The lock decides, not
+    the file alone: a `serve` killed with -9 leaves its connection file behind, and another
+    Azurite may answer on those ports by now."""
+    local = local_data(settings) / "storage-connection"
+    holder = DataFolderLock.holder(local_data(settings) / "azurite")
+    if holder is None or "berth serve" not in holder:
+        local.unlink(missing_ok=True)  # nobody serves this data: the file is stale
+        return None
+    if local.exists() and _answers(local.read_text()):
+        return local.read_text()
+    return None
+
+
 def _answers(connection_string: str) -> bool:
     """Whether the Azurite a (possibly stale) connection string names is still listening."""
     match = re.search(r"TableEndpoint=https?://([^:/;]+):(\d+)", connection_string)
@@ -124,8 +138,8 @@ def storage_settings() -> Iterator[Settings]:
     settings = replace(load_settings(), auth="none")
     if settings.storage_configured:
         yield settings
-    elif (local := local_data(settings) / "storage-connection").exists() and _answers(local.read_text()):
-        yield settings.with_storage(local.read_text())  # the running `serve`'s Azurite
+    elif (serving := _running_serve(settings)) is not None:
+        yield settings.with_storage(serving)  # the running `serve`'s Azurite
     else:
         # No registry serving: run Azurite on the data for this command, holding the folder's lock
         # (a `serve` started meanwhile waits for none: it refuses, naming this command).

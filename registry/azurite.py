@@ -105,11 +105,30 @@ class DataFolderLock:
         os.pwrite(fd, f"pid {os.getpid()}: {self._holder}\n".encode(), 0)
         self._fd = fd
 
+    @property
+    def fd(self) -> int | None:
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing the descriptor drops the flock
+            os.close(self._fd)  # closing the descriptor drops the flock (once no child holds it)
             self._fd = None
+
+    @staticmethod
+    def holder(location: Path) -> str | None:
+        """Who holds the folder's lock now (what it wrote), or None when nobody does."""
+        path = location / ".berth-lock"
+        if not path.exists():
+            return None
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)  # a shared lock we took is dropped with it
+        return None
 
 
 class Azurite:
@@ -138,12 +157,14 @@ class Azurite:
             raise RuntimeError(f"Azurite is not installed at {AZURITE_BIN}; run `npm ci` in {PROJECT_ROOT}")
         if self._lock is not None:
             self._lock.acquire()
-        for _ in range(3):  # a port picked as free can be taken before Azurite binds it
-            if self._try_start(timeout):
-                return self
-        if self._lock is not None:
-            self._lock.release()
-        raise RuntimeError("Azurite did not start; see its output above")
+        try:
+            for _ in range(3):  # a port picked as free can be taken before Azurite binds it
+                if self._try_start(timeout):
+                    return self
+            raise RuntimeError("Azurite did not start; see its output above")
+        except BaseException:  # Ctrl-C while waiting too: no orphan Azurite, no lock left held
+            self.stop()
+            raise
 
     def _try_start(self, timeout: float) -> bool:
         self.blob_port, self.queue_port, self.table_port = free_port(), free_port(), free_port()
@@ -158,8 +179,11 @@ class Azurite:
         else:
             self.location.mkdir(parents=True, exist_ok=True)
             args += ["--location", str(self.location)]
+        # Azurite holds the folder's lock too: it stays taken until both are gone, even if we are
+        # killed and Azurite takes a moment to follow.
+        held = (self._lock.fd,) if self._lock is not None and self._lock.fd is not None else ()
         self.process = subprocess.Popen(args, start_new_session=True, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
+                                        stdout=subprocess.DEVNULL, preexec_fn=die_with_parent, pass_fds=held)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -98,3 +99,28 @@ def test_serve_and_roles_refuse_malformed_arguments(tmp_path: Path) -> None:
     guid = cli("roles", "assign", "alice", "--role", "AcrPull", "--repository", "team/*")
     assert guid.returncode == 2 and "GUID" in guid.stderr
     assert not (tmp_path / "azurite").exists()  # refused before any storage was touched
+
+
+def test_a_killed_serve_leaves_no_lock_and_its_stale_connection_file_is_not_used(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env["BERTH_LOCAL_DATA_DIR"] = str(tmp_path / "data")
+    data = tmp_path / "data"
+    port = free_port()
+    serve = subprocess.Popen([sys.executable, "-m", "registry", "serve", "--port", str(port)], cwd=PROJECT_ROOT,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}/v2/", serve, "berth serve", timeout=60)
+        serve.kill()  # -9: no cleanup, the connection file stays behind
+        serve.wait(timeout=10)
+        assert (data / "storage-connection").exists()
+        deadline = time.monotonic() + 20
+        while azurite_pids(data) and time.monotonic() < deadline:  # Azurite follows its parent
+            time.sleep(0.2)
+        assert azurite_pids(data) == []
+        listed = subprocess.run([sys.executable, "-m", "registry", "tokens", "list"], cwd=PROJECT_ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert not (data / "storage-connection").exists()  # recognised as stale: nobody held the lock
+    finally:
+        if serve.poll() is None:
+            stop_process(serve)

@@ -12,8 +12,7 @@ RETRY_AFTER_SECONDS = 5
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 # The account is not what the deployment promised: a container or table missing, or the identity's
 # role not (yet) granted. Role assignments take minutes to reach storage after a deployment.
-_NOT_PROVISIONED = {"ContainerNotFound", "TableNotFound", "QueueNotFound",
-                    "AuthorizationPermissionMismatch", "AuthorizationFailure"}
+_NOT_PROVISIONED = {"ContainerNotFound", "TableNotFound", "QueueNotFound", "AuthorizationPermissionMismatch"}
 
 
 def unavailable(reason: str) -> RegistryError:
@@ -30,8 +29,8 @@ def storage_failure(error: BaseException) -> RegistryError | None:
     code = getattr(error, "error_code", None)
     code = getattr(code, "value", code)  # the SDKs' error-code enums
     if isinstance(error, HttpResponseError) and code in _NOT_PROVISIONED:
-        return unavailable(f"{code} (the storage account is not provisioned for this registry, or its identity "
-                           "lacks a role; see infra/README.md)")
+        # The code goes to the log (routes.py logs every storage failure), not to the caller.
+        return unavailable("the registry's storage is not provisioned or not yet authorized")
     if isinstance(error, (TimeoutError, aiohttp.ClientError, ConnectionError)):
         return unavailable(type(error).__name__)
     return None

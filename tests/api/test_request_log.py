@@ -85,7 +85,8 @@ def test_an_instance_told_storage_is_provisioned_creates_nothing(azurite: Azurit
         with httpx.Client(base_url=server.url, timeout=30) as client:
             answer = client.get("/v2/some/repo/manifests/latest")
         assert answer.status_code == 503, answer.text  # storage not usable: retry later, not a 500
-        assert "TableNotFound" in answer.text and "not provisioned" in answer.text
+        assert "not provisioned" in answer.text and "TableNotFound" not in answer.text  # details: the log
+        assert "TableNotFound" in server.log.read_text()
         tables = {t.name for t in TableServiceClient.from_connection_string(azurite.connection_string).list_tables()}
         assert not {name for name in tables if name.startswith(prefix)}
         container = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client(prefix)
