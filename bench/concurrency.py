@@ -222,7 +222,7 @@ async def upload_one(client: httpx.AsyncClient, repository: str, size: int) -> d
                                f"{response.text[:300]}")
             return result
         location = response.headers.get("Location", location)
-        response = await client.put(location, params={"digest": layer.digest})
+        response = await client.put(httpx.URL(location).copy_merge_params({"digest": layer.digest}))
         result["statuses"].append(response.status_code)
         if response.status_code != 201 or response.headers.get("Docker-Content-Digest") != layer.digest:
             result["error"] = f"PUT {response.status_code}: {response.text[:300]}"

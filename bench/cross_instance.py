@@ -225,7 +225,7 @@ def push(client: httpx.Client, cluster: Cluster, variant: str, size: int, verify
             step = "put"
             digest = layer.digest
             start = time.perf_counter()
-            response = client.put(cluster.url(put_on, location), params={"digest": digest})
+            response = client.put(httpx.URL(cluster.url(put_on, location)).copy_merge_params({"digest": digest}))
             result["put_s"] = time.perf_counter() - start
             _expect(step, response, 201)
             if response.headers.get("Docker-Content-Digest") != digest:

@@ -1,12 +1,14 @@
 """Small pushes, A/B: this checkout against an older commit, on one Azurite, alternating rounds.
 
 What one round measures, per side: `--images` images of a 10 KiB base layer shared by all, a
-10 KiB layer of their own and a config, pushed over plain HTTP (monolithic blob POSTs, then the
-manifest PUT by tag) into five repositories, one image after another; the time of the manifest
-PUTs alone (median) and of the whole round. Plain HTTP isolates the registry's own work from a
-client's; bench/run.sh measures what skopeo sees.
+10 KiB layer of their own and a config, pushed over plain HTTP into five repositories, one
+image after another; the time of the manifest PUTs alone (median) and of the whole round.
+`--flow monolithic`: each blob in one POST ?digest=; `--flow session` (what skopeo, docker and
+containerd send): HEAD, then POST, PATCH and PUT ?digest= at the Location each answer gives.
+Plain HTTP isolates the registry's own work from a client's; bench/run.sh measures what
+skopeo sees.
 
-    .venv/bin/python -m bench.push_ab --before c8fa5f7 [--images 30] [--rounds 4]
+    .venv/bin/python -m bench.push_ab --before c8fa5f7 [--images 30] [--rounds 4] [--flow session]
 
 Writes bench/results/<date>-push-ab.md.
 """
@@ -38,7 +40,25 @@ def _descriptor(media_type: str, data: bytes) -> dict:
     return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
-def one_round(url: str, images: int, tag: str) -> tuple[float, list[float]]:
+def push_blob(http: httpx.Client, repository: str, blob: bytes, flow: str) -> None:
+    digest = _descriptor("", blob)["digest"]
+    if flow == "monolithic":
+        response = http.post(f"/v2/{repository}/blobs/uploads/", params={"digest": digest}, content=blob)
+        assert response.status_code == 201, response.text
+        return
+    if http.head(f"/v2/{repository}/blobs/{digest}").status_code == 200:
+        return
+    response = http.post(f"/v2/{repository}/blobs/uploads/")
+    assert response.status_code == 202, response.text
+    response = http.patch(response.headers["Location"], content=blob,
+                          headers={"Content-Type": "application/octet-stream"})
+    assert response.status_code == 202, response.text
+    # As clients do: ?digest= joins the Location's own query (which may carry the upload's state).
+    response = http.put(httpx.URL(response.headers["Location"]).copy_merge_params({"digest": digest}))
+    assert response.status_code == 201, response.text
+
+
+def one_round(url: str, images: int, tag: str, flow: str) -> tuple[float, list[float]]:
     base = os.urandom(10 * 1024)
     manifest_times = []
     with httpx.Client(base_url=url, timeout=60) as http:
@@ -48,9 +68,7 @@ def one_round(url: str, images: int, tag: str) -> tuple[float, list[float]]:
             config = json.dumps({"os": "linux", "architecture": "amd64", "n": os.urandom(6).hex()}).encode()
             layer = os.urandom(10 * 1024)
             for blob in (base, layer, config):
-                digest = _descriptor("", blob)["digest"]
-                response = http.post(f"/v2/{repository}/blobs/uploads/", params={"digest": digest}, content=blob)
-                assert response.status_code == 201, response.text
+                push_blob(http, repository, blob, flow)
             body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                                "config": _descriptor("application/vnd.oci.image.config.v1+json", config),
                                "layers": [_descriptor("application/vnd.oci.image.layer.v1.tar", base),
@@ -72,6 +90,7 @@ def main() -> int:
     parser.add_argument("--before", required=True, metavar="REF", help="the older commit")
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--flow", choices=["monolithic", "session"], default="monolithic")
     args = parser.parse_args()
     before = git("rev-parse", "--verify", f"{args.before}^{{commit}}")
     head = git("rev-parse", "HEAD")
@@ -85,11 +104,11 @@ def main() -> int:
             new = start_berth(azurite, "redirect", work / "new.log")
             try:
                 for side, target in (("old", old), ("new", new)):  # warm both
-                    one_round(target.url, 5, f"warm-{side}")
+                    one_round(target.url, 5, f"warm-{side}", args.flow)
                 for number in range(args.rounds):
                     order = (("old", old), ("new", new)) if number % 2 == 0 else (("new", new), ("old", old))
                     for side, target in order:
-                        total, puts = one_round(target.url, args.images, f"{side}{number}")
+                        total, puts = one_round(target.url, args.images, f"{side}{number}", args.flow)
                         results[side]["round"].append(total)
                         results[side]["put"].append(statistics.median(puts) * 1000)
                         print(f"round {number} {side}: {total:.2f} s, manifest PUT median "
@@ -103,8 +122,8 @@ def main() -> int:
     mean = {side: {k: statistics.mean(v) for k, v in values.items()} for side, values in results.items()}
     stamp = datetime.now(UTC)
     lines = [f"# Small pushes A/B: {head[:7]} against {before[:7]} ({stamp:%Y-%m-%d %H:%M} UTC)", "",
-             f"`python -m bench.push_ab --before {args.before} --images {args.images} --rounds {args.rounds}`: "
-             "both on one in-memory Azurite, alternating rounds; plain HTTP, monolithic blob POSTs.", "",
+             f"`python -m bench.push_ab --before {args.before} --images {args.images} --rounds {args.rounds} "
+             f"--flow {args.flow}`: both on one in-memory Azurite, alternating rounds; plain HTTP.", "",
              "| | old | new | change |", "|---|---|---|---|"]
     for key, label in (("round", f"{args.images} pushes (s)"), ("put", "manifest PUT, median per round (ms)")):
         old_values = ", ".join(f"{v:.2f}" for v in results["old"][key])

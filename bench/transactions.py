@@ -140,7 +140,7 @@ def push_blob(http: httpx.Client, repository: str, data: bytes) -> None:
     location = http.post(f"/v2/{repository}/blobs/uploads/").headers["Location"]
     octets = {"Content-Type": "application/octet-stream"}
     location = http.patch(location, content=data, headers=octets).headers["Location"]
-    answer = http.put(location, params={"digest": digest})
+    answer = http.put(httpx.URL(location).copy_merge_params({"digest": digest}))
     assert answer.status_code == 201, answer.text
 
 
@@ -170,7 +170,7 @@ def push_big(http: httpx.Client, repository: str, mib: int, seed: bytes) -> None
     location = http.post(f"/v2/{repository}/blobs/uploads/").headers["Location"]
     location = http.patch(location, content=_chunks(mib << 20, seed),
                           headers={"Content-Type": "application/octet-stream"}).headers["Location"]
-    answer = http.put(location, params={"digest": "sha256:" + hasher.hexdigest()})
+    answer = http.put(httpx.URL(location).copy_merge_params({"digest": "sha256:" + hasher.hexdigest()}))
     assert answer.status_code == 201, answer.text
 
 

@@ -27,6 +27,21 @@ CONTAINER = "berth"
 TABLE_PREFIX = "berth"
 
 
+def _keeping_the_query(build_request):  # type: ignore[no-untyped-def]
+    """httpx replaces a URL's query with `params`; every registry client (containerd, docker,
+    containers/image, oras) adds `?digest=` to the upload Location's own query instead, which
+    carries the upload's signed state. The tests' clients do as those clients do."""
+    def build(self, method, url, *, params=None, **kwargs):  # type: ignore[no-untyped-def]
+        if params is not None:
+            url, params = httpx.URL(url).copy_merge_params(params), None
+        return build_request(self, method, url, params=params, **kwargs)
+    return build
+
+
+httpx.Client.build_request = _keeping_the_query(httpx.Client.build_request)  # type: ignore[method-assign]
+httpx.AsyncClient.build_request = _keeping_the_query(httpx.AsyncClient.build_request)  # type: ignore[method-assign]
+
+
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
     with Azurite() as instance:

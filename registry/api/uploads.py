@@ -1,14 +1,14 @@
 """Blob uploads: POST /v2/<name>/blobs/uploads/ and the session at .../uploads/<id>.
 
-Each request reads the upload's state from storage: the POST, PATCH and PUT of one push may
-reach three different instances.
+The POST, PATCH and PUT of one push may reach three different instances: each request takes
+the upload's state from the signed `_state` of its URL (storage/upload_state.py), which every
+response's Location carries forward, and storage arbitrates every commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,11 +28,15 @@ MAX_MOUNT_SOURCES = 16
 _CONTENT_RANGE = re.compile(r"(?:bytes )?([0-9]{1,18})-([0-9]{1,18})|bytes ([0-9]{1,18})-([0-9]{1,18})/(?:[0-9]+|\*)")
 
 
+# The query parameter that carries an upload's signed state (the name distribution uses too).
+STATE_PARAM = "_state"
+
+
 def upload_headers(session: UploadSession) -> dict[str, str]:
     """Location, Range and Docker-Upload-UUID, as every upload response carries them."""
     end = session.offset - 1 if session.offset > 0 else 0
     return {
-        "Location": f"/v2/{session.repository}/blobs/uploads/{session.id}",
+        "Location": f"/v2/{session.repository}/blobs/uploads/{session.id}?{STATE_PARAM}={session.token}",
         "Range": f"0-{end}",
         "Docker-Upload-UUID": session.id,
     }
@@ -129,8 +133,12 @@ def discard(task: asyncio.Future[Locks]) -> None:
     task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
+async def _resume(request: Request, ctx: Context, name: str, upload_id: str) -> UploadSession:
+    return await ctx.store.uploads.resume(name, upload_id, caller(request), request.query_params.get(STATE_PARAM))
+
+
 async def upload_status(request: Request, ctx: Context, name: str, upload_id: str) -> Response:
-    session = await ctx.store.uploads.open(name, upload_id, caller(request))
+    session = await ctx.store.uploads.current(await _resume(request, ctx, name, upload_id))
     return empty_response(204, upload_headers(session))
 
 
@@ -153,32 +161,27 @@ def _chunk_bounds(request: Request) -> tuple[int | None, int | None]:
     return start, end - start + 1
 
 
-def _continues(first: int | None) -> Callable[[UploadSession], None]:
-    """The check that a chunk starting at `first` continues the upload where it stands."""
-    def check(session: UploadSession) -> None:
-        if first is not None and first != session.offset:
-            raise RegistryError(RANGE_INVALID, f"chunk at {first} does not continue the upload at offset "
-                                f"{session.offset}", headers=upload_headers(session))
-    return check
-
-
-async def _reporting_range(request: Request, ctx: Context, name: str, upload_id: str,
-                           append: Awaitable[UploadSession]) -> UploadSession:
-    """Run an append; a 416 from a lost race tells the client where the upload now stands."""
-    try:
-        return await append
-    except RegistryError as error:
-        if error.error is RANGE_INVALID and "Range" not in error.headers:
-            current = await ctx.store.uploads.open(name, upload_id, caller(request))
-            error.headers.update(upload_headers(current))
-        raise
+async def _continuing(ctx: Context, session: UploadSession, first: int | None) -> UploadSession:
+    """The session a chunk starting at `first` continues: the client's state, or storage's where
+    that is where the chunk starts (a client that lost a response and asked where it stands)."""
+    if first is None or first == session.offset:
+        return session
+    current = await ctx.store.uploads.current(session)
+    if first != current.offset:
+        raise RegistryError(RANGE_INVALID, f"chunk at {first} does not continue the upload at offset "
+                            f"{current.offset}", headers=upload_headers(current))
+    return current
 
 
 async def patch_upload(request: Request, ctx: Context, name: str, upload_id: str) -> Response:
     first, length = _chunk_bounds(request)
-    append = ctx.store.uploads.open_and_append(name, upload_id, caller(request), request.stream(), length,
-                                               check=_continues(first))
-    session = await _reporting_range(request, ctx, name, upload_id, append)
+    session = await _continuing(ctx, await _resume(request, ctx, name, upload_id), first)
+    try:
+        session = await ctx.store.uploads.append(session, request.stream(), length)
+    except RegistryError as error:
+        if error.error is RANGE_INVALID:  # lost a race: say where the upload now stands
+            error.headers.update(upload_headers(await ctx.store.uploads.current(session)))
+        raise
     return empty_response(202, upload_headers(session))
 
 
@@ -187,21 +190,18 @@ async def finish_upload(request: Request, ctx: Context, name: str, upload_id: st
     if not digest_param:
         raise RegistryError(DIGEST_INVALID, "the closing PUT needs ?digest=")
     digest = parse_digest(digest_param)
-    owner = caller(request)
-    without_body = _has_no_body(request)
+    session = await _resume(request, ctx, name, upload_id)
     # A finished upload may be finished again (a retried PUT): publishing is idempotent.
-    session = ctx.store.uploads.hint(name, upload_id, owner) if without_body else None
-    session = session or await ctx.store.uploads.open(name, upload_id, owner, finished_ok=True)
-    if session.sealed_digest is None and not without_body:
+    if not _has_no_body(request):
         first, length = _chunk_bounds(request)
-        _continues(first)(session)
+        session = await _continuing(ctx, session, first)
         try:
             session = await ctx.store.uploads.append(session, request.stream(), length, digest)
         except RegistryError as error:
             if error.error is not RANGE_INVALID:
                 raise
             # Lost a race: if another request finished the upload as this digest, so be it.
-            session = await ctx.store.uploads.open(name, upload_id, owner, finished_ok=True)
+            session = await ctx.store.uploads.current(session, finished_ok=True)
             if session.sealed_digest != str(digest):
                 error.headers.update(upload_headers(session))
                 raise
@@ -214,6 +214,5 @@ def _has_no_body(request: Request) -> bool:
 
 
 async def cancel_upload(request: Request, ctx: Context, name: str, upload_id: str) -> Response:
-    session = await ctx.store.uploads.open(name, upload_id, caller(request))
-    await ctx.store.uploads.cancel(session)
+    await ctx.store.uploads.cancel(await _resume(request, ctx, name, upload_id))
     return empty_response(204, {})

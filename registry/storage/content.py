@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import io
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from azure.core import MatchConditions
@@ -105,40 +106,18 @@ class ContentStore:
         """Raises unless the container answers (readiness)."""
         await self._container.get_container_properties()
 
-    async def append(
-        self,
-        name: str,
-        chunks: AsyncIterator[bytes],
-        base: Awaitable[str | None],
-        metadata: Callable[[], tuple[dict[str, str], bool]],
-        expected_length: int | None = None,
-    ) -> tuple[str, int]:
-        """Stage the stream as blocks, then commit them after the blob's existing blocks.
+    async def stage(self, name: str, chunks: AsyncIterator[bytes],
+                    expected_length: int | None = None) -> tuple[list[str], int]:
+        """Stage the stream as uncommitted blocks of the blob; their ids and how many bytes.
 
-        `base` gives the version to append to (its etag; None: the blob must not exist yet)
-        and may still be in flight while blocks stage: staging needs only the blob's name.
-        Nothing is committed unless the whole stream arrived, and the commit is conditional
-        on that version, so two appends at the same offset cannot both win. `metadata`, asked
-        once every byte is staged, gives the blob's metadata for the commit and whether to
-        write it even when no bytes came (or raises to commit nothing).
-        Returns (new etag, bytes appended).
+        Staged blocks change nothing anyone can see until a commit names them (Azure drops
+        them a week later, or at the blob's next commit if that commit leaves them out). All
+        of the stream is staged or the call raises (LengthMismatch if the client announced
+        another length); `blocks_in_flight` blocks upload at once.
         """
         blob = self._container.get_blob_client(name)
         staged: list[str] = []
         in_flight: set[asyncio.Task[Any]] = set()
-        base_task: asyncio.Future[str | None] = asyncio.ensure_future(base)
-
-        async def committed_blocks() -> list[BlobBlock]:
-            # The blocks already committed, fetched while the new ones stage.
-            if await base_task is None:
-                return []
-            try:
-                existing, _ = await blob.get_block_list("committed")
-            except ResourceNotFoundError:
-                raise BlobChanged(f"{name} is gone") from None
-            return [BlobBlock(b.id, BlockState.COMMITTED) for b in existing]
-
-        committed = asyncio.create_task(committed_blocks())
         buffer = bytearray()
         total = 0
 
@@ -148,7 +127,7 @@ class ContentStore:
                 for task in done:
                     in_flight.discard(task)
                     task.result()
-            block_id = secrets.token_hex(16)
+            block_id = secrets.token_hex(16)  # a blob's block ids must all have one length
             staged.append(block_id)
             stage = blob.stage_block(block_id, io.BytesIO(data), length=len(data))
             in_flight.add(asyncio.create_task(asyncio.wait_for(stage, self._block_timeout)))
@@ -167,24 +146,31 @@ class ContentStore:
                 await launch(bytes(buffer))
             if in_flight:
                 await asyncio.gather(*in_flight)
-            if expected_length is not None and total != expected_length:
-                raise LengthMismatch(expected_length, total)
-            etag = await base_task
-            new_metadata, write_if_empty = metadata()
-            if etag is not None and not staged:
-                _discard(committed)
-                if not write_if_empty:
-                    return etag, 0
-                return await self.set_metadata(name, new_metadata, etag), 0
-            blocks = await committed
-            if len(blocks) + len(staged) > MAX_BLOCKS:
-                raise TooManyBlocks(f"{name} would have {len(blocks) + len(staged)} blocks")
         except BaseException:
-            for task in [*in_flight, committed, base_task]:
+            for task in in_flight:
                 _discard(task)
             raise
-        blocks += [BlobBlock(block_id, BlockState.UNCOMMITTED) for block_id in staged]
-        return await self._commit(blob, blocks, new_metadata, etag), total
+        if expected_length is not None and total != expected_length:
+            raise LengthMismatch(expected_length, total)
+        return staged, total
+
+    async def committed_blocks(self, name: str) -> list[str]:
+        """The ids of the blob's committed blocks, in order (BlobChanged if it is gone)."""
+        try:
+            existing, _ = await self._container.get_blob_client(name).get_block_list("committed")
+        except ResourceNotFoundError:
+            raise BlobChanged(f"{name} is gone") from None
+        return [block.id for block in existing]
+
+    async def commit(self, name: str, committed: list[str], staged: list[str], metadata: dict[str, str],
+                     etag: str | None) -> str:
+        """Make the blob its `committed` blocks followed by `staged` ones, with `metadata`;
+        conditional on version `etag` (None: the blob must not exist). Returns the new etag."""
+        if len(committed) + len(staged) > MAX_BLOCKS:
+            raise TooManyBlocks(f"{name} would have {len(committed) + len(staged)} blocks")
+        blocks = ([BlobBlock(block_id, BlockState.COMMITTED) for block_id in committed]
+                  + [BlobBlock(block_id, BlockState.UNCOMMITTED) for block_id in staged])
+        return await self._commit(self._container.get_blob_client(name), blocks, metadata, etag)
 
     async def truncate(self, name: str, metadata: dict[str, str], etag: str | None) -> str:
         """Replace the blob by an empty one with `metadata` (its bytes are freed); conditional."""
@@ -317,7 +303,6 @@ class ContentStore:
 
     async def read_url(self, name: str, ttl_seconds: int) -> str:
         """A URL that lets its holder read this one blob for ttl_seconds, and nothing else."""
-        blob = self._container.get_blob_client(name)
         now = datetime.now(UTC)
         expiry = now + timedelta(seconds=ttl_seconds)
         start = now - timedelta(minutes=5)  # tolerate clock skew between us and storage
@@ -325,7 +310,8 @@ class ContentStore:
         delegation_key = None if account_key else await self._user_delegation_key(expiry)
         sas = read_only_sas(self._service.account_name, self._container.container_name, name, start, expiry,
                             account_key=account_key, delegation_key=delegation_key)
-        return f"{blob.url}?{sas}"
+        # The blob's URL as the SDK spells it, without building a client (and its pipeline) for it.
+        return f"{self._container.url}/{quote(name, safe='/~')}?{sas}"
 
     async def _user_delegation_key(self, needed_until: datetime) -> Any:
         # One key serves many SAS URLs; renew it well before any URL could outlive it.

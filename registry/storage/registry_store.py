@@ -140,7 +140,7 @@ class RegistryStore:
                 claim.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise
         return await self.blobs.publish(session.repository, digest, sealed, session.location, index,
-                                        session.has_row)
+                                        session.resumable)
 
     async def put_manifest(self, repository: str, digest: Digest, body: bytes, manifest: Manifest,
                            tags: Sequence[str] = (), cached_from_upstream: bool = False) -> None:

@@ -193,21 +193,23 @@ def test_a_finished_upload_cannot_be_turned_against_bytes_another_repository_sha
     attacker, victim, later = new_repo(), new_repo(), new_repo()
     data, other = os.urandom(4096), os.urandom(4096)
     digest = digest_of(data)
-    location = start(a, attacker)
-    assert patch(b, location, data).status_code == 202
-    assert c.put(location, params={"digest": digest}).status_code == 201
+    started = start(a, attacker)
+    patched = patch(b, started, data)
+    assert patched.status_code == 202
+    assert c.put(patched.headers["Location"], params={"digest": digest}).status_code == 201
     assert push_monolithic(c, victim, data).status_code == 201
-    # The attacker replays the finished upload on the instances that last saw it open.
-    cancel = b.delete(location)
-    append = patch(a, location, other)
-    finish = a.put(location, params={"digest": digest_of(other)})
-    assert_readable(clients, victim, digest, data)
-    assert_readable(clients, attacker, digest, data)
+    # The attacker replays both states of the finished upload it was given, on every instance.
+    for location in (started, patched.headers["Location"]):
+        cancel = b.delete(location)
+        append = patch(a, location, other)
+        finish = a.put(location, params={"digest": digest_of(other)})
+        assert_readable(clients, victim, digest, data)
+        assert_readable(clients, attacker, digest, data)
+        assert cancel.status_code == 404, "a finished upload was cancelled"
+        assert append.status_code in (404, 416), "a finished upload was appended to"
+        assert 400 <= finish.status_code < 500, "a finished upload was finished again with other bytes"
     assert push_monolithic(b, later, data).status_code == 201
     assert_readable(clients, later, digest, data)
-    assert cancel.status_code == 404, "a finished upload was cancelled"
-    assert append.status_code in (404, 416), "a finished upload was appended to"
-    assert 400 <= finish.status_code < 500, "a finished upload was finished again with other bytes"
 
 
 @pytest.mark.parametrize("operation", ["cancel", "append", "finish"])
@@ -217,8 +219,9 @@ def test_a_finished_upload_is_closed_on_every_instance(clients: list[Instance], 
     a, b, c = clients
     repo = new_repo()
     data, more = os.urandom(4096), os.urandom(100)
-    location = start(a, repo)
-    assert patch(b, location, data).status_code == 202
+    patched = patch(b, start(a, repo), data)
+    assert patched.status_code == 202
+    location = patched.headers["Location"]
     assert c.put(location, params={"digest": digest_of(data)}).status_code == 201
     for client in (a, b, c):
         if operation == "cancel":
@@ -318,8 +321,9 @@ def test_two_closing_puts_at_once_both_succeed(clients: list[Instance], round_: 
     a, b, c = rotate(clients, round_)
     repo = new_repo()
     data = os.urandom(50_000)
-    location = start(a, repo)
-    assert patch(a, location, data).status_code == 202
+    patched = patch(a, start(a, repo), data)
+    assert patched.status_code == 202
+    location = patched.headers["Location"]
     first, second = race(lambda: b.put(location, params={"digest": digest_of(data)}),
                          lambda: c.put(location, params={"digest": digest_of(data)}))
     assert (first.status_code, second.status_code) == (201, 201), (first.text, second.text)
@@ -415,8 +419,9 @@ def test_chunked_push_across_instances(clients: list[Instance], last_chunk_in_pu
         headers = {"Content-Range": f"{offset}-{len(data) - 1}"}
         done = c.put(location, params={"digest": digest_of(data)}, content=chunks[3], headers=headers)
     else:
-        assert patch(c, location, chunks[3], offset).status_code == 202
-        done = c.put(location, params={"digest": digest_of(data)})
+        response = patch(c, location, chunks[3], offset)
+        assert response.status_code == 202
+        done = c.put(response.headers["Location"], params={"digest": digest_of(data)})
     assert done.status_code == 201, done.text
     assert_readable(clients, repo, digest_of(data), data)
 
@@ -424,17 +429,22 @@ def test_chunked_push_across_instances(clients: list[Instance], last_chunk_in_pu
 @pytest.mark.parametrize("meanwhile", ["another chunk", "cancel", "finish"])
 def test_finishing_where_the_upload_was_last_seen_uses_what_storage_says(clients: list[Instance],
                                                                           meanwhile: str) -> None:
-    """A takes a chunk (and remembers the upload); B then moves the upload on (one more chunk,
-    a cancel, or the finish); the empty closing PUT comes back to A, whose memory is stale."""
+    """A takes a chunk; B then moves the upload on (one more chunk, a cancel, or the finish);
+    the empty closing PUT comes back to A, which took the upload's previous step. A state the
+    client sends that is behind storage never finishes the upload with other bytes."""
     a, b, _ = clients
     repo = new_repo()
     first, second = os.urandom(40_000), os.urandom(30_000)
-    location = start(a, repo)
-    assert patch(a, location, first, 0).status_code == 202
+    patched = patch(a, start(a, repo), first, 0)
+    assert patched.status_code == 202
+    location = patched.headers["Location"]
     data = first
     if meanwhile == "another chunk":
-        assert patch(b, location, second, len(first)).status_code == 202
-        data = first + second
+        moved = patch(b, location, second, len(first))
+        assert moved.status_code == 202
+        stale = a.put(location, params={"digest": digest_of(first + second)})  # the state before B's chunk
+        assert 400 <= stale.status_code < 500, stale.text
+        location, data = moved.headers["Location"], first + second
     elif meanwhile == "cancel":
         assert b.delete(location).status_code == 204
     else:
@@ -448,8 +458,9 @@ def test_finishing_where_the_upload_was_last_seen_uses_what_storage_says(clients
     assert done.status_code == 201, done.text
     assert_readable(clients, repo, digest_of(data), data)
     # And a digest that is really wrong is refused, whoever remembers what.
-    location = start(a, repo)
-    assert patch(a, location, first, 0).status_code == 202
+    patched = patch(a, start(a, repo), first, 0)
+    assert patched.status_code == 202
+    location = patched.headers["Location"]
     wrong = a.put(location, params={"digest": digest_of(second)})
     assert wrong.status_code == 400 and error_codes(wrong) == ["DIGEST_INVALID"]
     assert_upload_at(clients, location, len(first))

@@ -9,6 +9,7 @@ from datetime import UTC
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from registry.storage.metadata import repository_key
 from tests.conftest import Server, StorageView
@@ -19,7 +20,18 @@ def start(client: httpx.Client, repo: str) -> str:
     response = client.post(f"/v2/{repo}/blobs/uploads/")
     assert response.status_code == 202
     assert response.headers["Range"] == "0-0"
-    assert response.headers["Docker-Upload-UUID"]
+    assert response.headers["Docker-Upload-UUID"] == upload_id_of(response.headers["Location"])
+    return response.headers["Location"]
+
+
+def upload_id_of(location: str) -> str:
+    return urlsplit(location).path.rsplit("/", 1)[1]
+
+
+def patch(client: httpx.Client, location: str, data: bytes, **headers: str) -> str:
+    """Send a chunk; the Location to go on with (every client follows the latest one)."""
+    response = client.patch(location, content=data, headers=headers)
+    assert response.status_code == 202, response.text
     return response.headers["Location"]
 
 
@@ -73,14 +85,13 @@ def test_streamed_patch_without_content_range(client: httpx.Client, repo: str) -
 
 
 def test_out_of_order_chunk_is_refused_with_current_range(client: httpx.Client, repo: str) -> None:
-    location = start(client, repo)
-    assert client.patch(location, content=b"a" * 100, headers={"Content-Range": "0-99"}).status_code == 202
+    location = patch(client, start(client, repo), b"a" * 100, **{"Content-Range": "0-99"})
     response = client.patch(location, content=b"b" * 100, headers={"Content-Range": "200-299"})
     assert response.status_code == 416
     assert response.headers["Range"] == "0-99"
     assert response.headers["Location"] == location
     # The upload goes on from where it really is.
-    assert client.patch(location, content=b"c" * 50, headers={"Content-Range": "100-149"}).status_code == 202
+    location = patch(client, location, b"c" * 50, **{"Content-Range": "100-149"})
     data = b"a" * 100 + b"c" * 50
     assert client.put(location, params={"digest": sha256(data)}).status_code == 201
 
@@ -126,31 +137,36 @@ def test_put_without_digest(client: httpx.Client, repo: str) -> None:
     assert error_codes(response) == ["DIGEST_INVALID"]
 
 
-def test_cancel_removes_the_session_and_its_bytes(client: httpx.Client, repo: str, storage: StorageView) -> None:
-    location = start(client, repo)
-    client.patch(location, content=os.urandom(1000))
-    upload_id = location.rsplit("/", 1)[1]
-    assert f"data/{upload_id}" in storage.blob_names("data/")
+@pytest.mark.parametrize("size", [1000, 17 * 1024 * 1024], ids=["staged", "committed"])
+def test_cancel_removes_the_session_and_its_bytes(client: httpx.Client, repo: str, storage: StorageView,
+                                                  size: int) -> None:
+    first = start(client, repo)
+    location = patch(client, first, os.urandom(size))
+    upload_id = upload_id_of(location)
+    # A small chunk waits, staged, for the closing PUT; more than a few blocks are committed.
+    assert (f"data/{upload_id}" in storage.blob_names("data/")) == (size > 16 * 1024 * 1024)
     assert client.delete(location).status_code == 204
-    # The bytes are freed at once; an empty marker stays until the session expires, so an
-    # append that read the session before the cancel cannot bring it back.
+    # The bytes are freed at once; an empty marker stays until the session expires, so a
+    # request with an older state of the upload cannot bring it back.
     assert storage.blobs.get_blob_client(f"data/{upload_id}").get_blob_properties().size == 0
-    for method in ("GET", "PATCH", "PUT", "DELETE"):
-        response = client.request(method, location, params={"digest": sha256(b"")})
-        assert response.status_code == 404, method
-        assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
+    for url in (first, location):
+        for method in ("GET", "PATCH", "PUT", "DELETE"):
+            response = client.request(method, url, params={"digest": sha256(b"")})
+            assert response.status_code == 404, method
+            assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
 
 
 def test_upload_is_bound_to_its_repository(client: httpx.Client, repo: str) -> None:
     location = start(client, repo)
-    upload_id = location.rsplit("/", 1)[1]
-    response = client.patch(f"/v2/{repo}-elsewhere/blobs/uploads/{upload_id}", content=b"x")
-    assert response.status_code == 404
-    assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
+    for elsewhere in (location.replace(f"/v2/{repo}/", f"/v2/{repo}-elsewhere/"),  # its state, another name
+                      f"/v2/{repo}/blobs/uploads/{upload_id_of(location)}"):  # no state
+        response = client.patch(elsewhere, content=b"x")
+        assert response.status_code == 404
+        assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
 
 
 def test_upload_ids_are_unguessable(client: httpx.Client, repo: str) -> None:
-    ids = {start(client, repo).rsplit("/", 1)[1] for _ in range(5)}
+    ids = {upload_id_of(start(client, repo)) for _ in range(5)}
     assert len(ids) == 5
     assert all(len(upload_id) >= 32 for upload_id in ids)
 
@@ -212,8 +228,7 @@ def test_interrupted_upload_is_resumable_and_harms_nothing(
 ) -> None:
     image_digest, _ = push_image(client, repo, "v1")
     first = os.urandom(1024 * 1024)
-    location = start(client, repo)
-    assert client.patch(location, content=first, headers={"Content-Range": f"0-{len(first) - 1}"}).status_code == 202
+    location = patch(client, start(client, repo), first, **{"Content-Range": f"0-{len(first) - 1}"})
     # 6 MiB announced, 5 MiB sent (more than a staged block), then the connection drops.
     _send_partial_request(server, location, 6 * 1024 * 1024, os.urandom(5 * 1024 * 1024))
     time.sleep(0.5)
@@ -222,8 +237,7 @@ def test_interrupted_upload_is_resumable_and_harms_nothing(
     assert status.headers["Range"] == f"0-{len(first) - 1}"  # nothing of the broken chunk counts
     rest = os.urandom(2 * 1024 * 1024)
     next_range = f"{len(first)}-{len(first) + len(rest) - 1}"
-    response = client.patch(location, content=rest, headers={"Content-Range": next_range})
-    assert response.status_code == 202
+    location = patch(client, status.headers["Location"], rest, **{"Content-Range": next_range})
     data = first + rest
     assert client.put(location, params={"digest": sha256(data)}).status_code == 201
     assert client.get(f"/v2/{repo}/blobs/{sha256(data)}", follow_redirects=True).content == data
@@ -239,10 +253,12 @@ def test_expired_uploads_are_purged_with_their_bytes(client: httpx.Client, proxy
     from registry.settings import load_settings
     from tests.conftest import CONTAINER, TABLE_PREFIX
 
-    location = start(client, repo)
-    client.patch(location, content=os.urandom(2000))
-    upload_id = location.rsplit("/", 1)[1]
-    assert f"data/{upload_id}" in storage.blob_names("data/")
+    # An upload with committed bytes (more than stay staged), and a cancelled one's marker.
+    location = patch(client, start(client, repo), os.urandom(17 * 1024 * 1024))
+    upload_id = upload_id_of(location)
+    cancelled = start(client, repo)
+    assert client.delete(cancelled).status_code == 204
+    assert {f"data/{upload_id}", f"data/{upload_id_of(cancelled)}"} <= set(storage.blob_names("data/"))
     settings = load_settings({"BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
                               "BERTH_BLOB_CONTAINER": CONTAINER, "BERTH_TABLE_PREFIX": TABLE_PREFIX})
 
@@ -265,33 +281,42 @@ def test_expired_uploads_are_purged_with_their_bytes(client: httpx.Client, proxy
     assert "u:leftover" not in storage.repository_rows(repo)
     assert client.get(f"/v2/{repo}/blobs/{kept_digest}", follow_redirects=True).content == kept
     assert client.get(location).status_code == 204  # not expired yet: untouched
-    assert asyncio.run(purge(datetime.now(UTC) + timedelta(days=2))) >= 1
-    assert f"data/{upload_id}" not in storage.blob_names("data/")
-    assert f"u:{upload_id}" not in storage.repository_rows(repo)
+    assert asyncio.run(purge(datetime.now(UTC) + timedelta(days=2))) >= 2
+    assert not {f"data/{upload_id}", f"data/{upload_id_of(cancelled)}"} & set(storage.blob_names("data/"))
     # Another instance (the proxy server shares the storage) no longer knows the upload.
     assert error_codes(proxy_client.get(location)) == ["BLOB_UPLOAD_UNKNOWN"]
 
 
-def test_concurrent_chunks_at_the_same_offset_cannot_both_land(server: Server, repo: str) -> None:
+@pytest.mark.parametrize("size", [6 * 1024 * 1024, 17 * 1024 * 1024], ids=["staged", "committed"])
+def test_concurrent_chunks_at_the_same_offset_cannot_both_land(server: Server, repo: str, size: int) -> None:
+    """Two chunks sent at once from one state: committed chunks race at the PATCH (one 416);
+    chunks left staged race at the closing PUT, and only one of them finishes the upload."""
     from concurrent.futures import ThreadPoolExecutor
 
     with httpx.Client(base_url=server.url, timeout=60) as setup:
         location = start(setup, repo)
-    chunks = {name: bytes([name]) * (6 * 1024 * 1024) for name in (1, 2)}
+    chunks = {name: bytes([name]) * size for name in (1, 2)}
 
-    def send(name: int) -> int:
+    def send(name: int) -> httpx.Response:
         with httpx.Client(base_url=server.url, timeout=60) as http:
             headers = {"Content-Range": f"0-{len(chunks[name]) - 1}"}
-            return http.patch(location, content=chunks[name], headers=headers).status_code
+            return http.patch(location, content=chunks[name], headers=headers)
 
     with ThreadPoolExecutor(2) as pool:
-        statuses = dict(zip(chunks, pool.map(send, chunks), strict=True))
-    assert sorted(statuses.values()) == [202, 416]
-    winner = next(name for name, status in statuses.items() if status == 202)
+        answers = dict(zip(chunks, pool.map(send, chunks), strict=True))
+    statuses = sorted(answer.status_code for answer in answers.values())
+    assert statuses == ([202, 202] if size <= 16 * 1024 * 1024 else [202, 416])
     with httpx.Client(base_url=server.url, timeout=60) as http:
-        assert http.get(location).headers["Range"] == f"0-{len(chunks[winner]) - 1}"
-        done = http.put(location, params={"digest": sha256(chunks[winner])})
-        assert done.status_code == 201, done.text
+        finished = {name: http.put(answer.headers["Location"], params={"digest": sha256(chunks[name])})
+                    for name, answer in answers.items() if answer.status_code == 202}
+        winners = [name for name, done in finished.items() if done.status_code == 201]
+        assert len(winners) == 1, {name: done.text for name, done in finished.items()}
+        for name, done in finished.items():
+            if name not in winners:
+                assert error_codes(done) == ["DIGEST_INVALID"]  # "the upload was finished as ..."
+        for name, chunk in chunks.items():
+            blob = http.get(f"/v2/{repo}/blobs/{sha256(chunk)}", follow_redirects=True)
+            assert (blob.status_code, blob.content == chunk) == ((200, True) if name in winners else (404, False))
 
 
 def test_finished_upload_cannot_be_appended_to_through_another_instance(
@@ -299,8 +324,7 @@ def test_finished_upload_cannot_be_appended_to_through_another_instance(
 ) -> None:
     """Instance A remembers an upload; instance B finishes it; A must not append to the sealed blob."""
     data = os.urandom(3000)
-    location = start(client, repo)
-    assert client.patch(location, content=data).status_code == 202
+    location = patch(client, start(client, repo), data)
     finished = proxy_client.put(location, params={"digest": sha256(data)})
     assert finished.status_code == 201
     late = client.patch(location, content=b"appended after the end")
@@ -309,8 +333,7 @@ def test_finished_upload_cannot_be_appended_to_through_another_instance(
 
 
 def test_wrong_digest_on_the_final_chunk_commits_nothing(client: httpx.Client, repo: str) -> None:
-    location = start(client, repo)
-    assert client.patch(location, content=b"a" * 100, headers={"Content-Range": "0-99"}).status_code == 202
+    location = patch(client, start(client, repo), b"a" * 100, **{"Content-Range": "0-99"})
     wrong = client.put(location, params={"digest": sha256(b"something else")}, content=b"b" * 50)
     assert wrong.status_code == 400
     assert error_codes(wrong) == ["DIGEST_INVALID"]
