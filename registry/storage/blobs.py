@@ -150,7 +150,7 @@ class BlobStore:
                   "size": int64(blob.size), "location": blob.location}
         for _ in range(3):
             try:
-                await self._metadata.repos.create_entity(entity)
+                await self._metadata.insert(self._metadata.repos, entity)
                 return blob
             except ResourceExistsError:  # also what an SDK retry of our own create meets
                 pass
@@ -183,13 +183,13 @@ class BlobStore:
                   "created": datetime.now(UTC)}
         for _ in range(3):
             try:
-                created = await self._metadata.digests.create_entity(entity)
+                etag = await self._metadata.insert(self._metadata.digests, entity)
             except ResourceExistsError:  # also what an SDK retry of our own create meets
                 existing = await self.index_entry(digest)
                 if existing is not None:
                     return existing
                 continue
-            return IndexEntry(location, size, created["etag"])
+            return IndexEntry(location, size, etag)
         raise unavailable("the digest index kept changing")
 
     async def publish(self, repository: str, digest: Digest, sealed: BlobState, location: str,

@@ -13,7 +13,7 @@ from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 from azure.storage.queue.aio import QueueClient
 
 from registry.settings import MiB, Settings
-from registry.storage.point_reads import TablePointReader
+from registry.storage.table_requests import TableRequests
 
 
 @dataclass
@@ -21,7 +21,7 @@ class StorageClients:
     blob_service: BlobServiceClient
     table_service: TableServiceClient
     session: aiohttp.ClientSession
-    table_reader: TablePointReader
+    table_requests: TableRequests
     events_queue: QueueClient
     poison_queue: QueueClient  # where the Functions host puts what it gave up on (`<queue>-poison`)
     credential: Any = None
@@ -86,7 +86,7 @@ def create_clients(settings: Settings) -> StorageClients:
             settings.storage_connection_string, transport=_transport(session, timeout), **retries["table"]
         )
         key = table.credential.named_key.key if hasattr(table.credential, "named_key") else None
-        reader = TablePointReader(session, table.url, table.account_name, account_key=key)
+        reader = TableRequests(session, table.url, table.account_name, account_key=key)
         queue, poison = (QueueClient.from_connection_string(settings.storage_connection_string, name,
                                                             transport=_transport(session, timeout), **retries["queue"])
                          for name in (events_queue_name(settings), events_queue_name(settings) + "-poison"))
@@ -105,7 +105,7 @@ def create_clients(settings: Settings) -> StorageClients:
     )
     table = TableServiceClient(settings.table_endpoint, credential=credential,
                                transport=_transport(session, timeout), **retries["table"])
-    reader = TablePointReader(session, table.url, table.account_name, credential=credential)
+    reader = TableRequests(session, table.url, table.account_name, credential=credential)
     queue, poison = (QueueClient(settings.queue_endpoint, name, credential=credential,
                                  transport=_transport(session, timeout), **retries["queue"])
                      for name in (events_queue_name(settings), events_queue_name(settings) + "-poison"))

@@ -21,7 +21,7 @@ from azure.data.tables import EdmType, EntityProperty
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from registry.storage.errors import unavailable
-from registry.storage.point_reads import TablePointReader
+from registry.storage.table_requests import TableRequests
 
 MANIFEST = "m:"
 TAG = "t:"
@@ -68,7 +68,7 @@ def next_key(prefix: str) -> str:
 
 
 class MetadataStore:
-    def __init__(self, service: TableServiceClient, prefix: str, reader: TablePointReader):
+    def __init__(self, service: TableServiceClient, prefix: str, reader: TableRequests):
         self.repos: TableClient = service.get_table_client(f"{prefix}repos")
         self._reader = reader
         self.digests: TableClient = service.get_table_client(f"{prefix}digests")
@@ -89,6 +89,10 @@ class MetadataStore:
         """A point read at a third of the SDK's cost: Int64 and Binary decoded, dates left as ISO
         text, the version in `odata.etag` (see etag_of)."""
         return await self._reader.get(table.table_name, partition, row)
+
+    async def insert(self, table: TableClient, entity: dict[str, Any]) -> str:
+        """Create the row (ResourceExistsError if there is one); its etag. The lean path of reads."""
+        return await self._reader.insert(table.table_name, entity)
 
     @staticmethod
     async def get(table: TableClient, partition: str, row: str) -> dict[str, Any] | None:

@@ -70,7 +70,7 @@ class RegistryStore:
             # Generous: a block must move at 1 MiB/s at least, after the usual call timeout.
             block_timeout=3 * settings.storage_timeout_seconds + settings.block_size / MiB,
         )
-        self.metadata = MetadataStore(clients.table_service, settings.table_prefix, clients.table_reader)
+        self.metadata = MetadataStore(clients.table_service, settings.table_prefix, clients.table_requests)
         self.blobs = BlobStore(self.content, self.metadata)
         self.uploads = UploadStore(self.content, self.metadata, settings.upload_ttl_seconds)
         self.locks = RepositoryLocks(self.metadata)
