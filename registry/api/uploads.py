@@ -202,7 +202,9 @@ async def finish_upload(request: Request, ctx: Context, name: str, upload_id: st
                 raise
             # Lost a race: if another request finished the upload as this digest, so be it.
             session = await ctx.store.uploads.current(session, finished_ok=True)
-            if session.sealed_digest != str(digest):
+            if session.sealed_digest is not None and session.sealed_digest != str(digest):
+                raise RegistryError(DIGEST_INVALID, f"the upload was finished as {session.sealed_digest}") from None
+            if session.sealed_digest is None:
                 error.headers.update(upload_headers(session))
                 raise
     blob = await ctx.store.finish_upload(session, digest)

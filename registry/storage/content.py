@@ -129,8 +129,16 @@ class ContentStore:
                     task.result()
             block_id = secrets.token_hex(16)  # a blob's block ids must all have one length
             staged.append(block_id)
-            stage = blob.stage_block(block_id, io.BytesIO(data), length=len(data))
-            in_flight.add(asyncio.create_task(asyncio.wait_for(stage, self._block_timeout)))
+            in_flight.add(asyncio.create_task(stage_one(block_id, data)))
+
+        async def stage_one(block_id: str, data: bytes) -> None:
+            try:
+                await asyncio.wait_for(blob.stage_block(block_id, io.BytesIO(data), length=len(data)),
+                                       self._block_timeout)
+            except HttpResponseError as error:
+                if getattr(error, "error_code", None) == "BlockCountExceedsLimit":  # 100,000 uncommitted
+                    raise TooManyBlocks(f"{name} holds too many uncommitted blocks") from None
+                raise
 
         try:
             async for chunk in chunks:

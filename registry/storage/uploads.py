@@ -54,6 +54,8 @@ HASH_STATE = "hashstate"
 # Blocks a session may carry staged but uncommitted: a PATCH within this (16 MiB at the
 # default block size) costs one storage write, its commit riding on the closing PUT's seal.
 MAX_PENDING = 4
+# Expiry is judged on each instance's clock and the purge on storage's: an hour apart is plenty.
+PURGE_MARGIN = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,11 @@ class UploadStore:
         self._codec = UploadStateCodec(metadata.catalog)
 
     def _signed(self, session: UploadSession) -> UploadSession:
-        if not session.resumable:
-            return session
+        """The session with its state signed. Only an open upload's: a signed state names the
+        version its commits are conditional on, and none may ever name a finished blob's (a
+        cancel or append If-Match that version would then change verified bytes)."""
+        if not session.resumable or session.sealed_digest is not None:
+            return replace(session, token="")
         fields: dict[str, Any] = {
             "r": session.repository, "i": session.id, "o": session.owner,
             "x": int(session.expires.timestamp()), "a": session.algorithm, "n": session.offset,
@@ -162,9 +167,14 @@ class UploadStore:
             raise _unknown()
         if state == DROPPED:  # finished, and its bytes dropped for an identical indexed copy
             return replace(session, offset=int(blob.metadata[LENGTH]), blob_etag=blob.etag, hash_state=None,
-                           pending=(), sealed_digest=blob.metadata[DIGEST])
+                           pending=(), sealed_digest=blob.metadata[DIGEST], token="")
+        if state == SEALED:
+            return replace(session, offset=blob.size, blob_etag=blob.etag, hash_state=None, pending=(),
+                           sealed_digest=blob.metadata.get(DIGEST), token="")
+        if state != OPEN:
+            raise _unknown()  # no state of ours: never sign a version we cannot vouch for
         stored = replace(session, offset=blob.size, blob_etag=blob.etag, hash_state=blob.metadata.get(HASH_STATE),
-                         pending=(), sealed_digest=blob.metadata.get(DIGEST) if state == SEALED else None)
+                         pending=())
         return self._signed(stored)
 
     def _running_hash(self, session: UploadSession) -> RunningHash | None:
@@ -194,8 +204,14 @@ class UploadStore:
         if finishing is None and session.resumable and (expected_length is None or expected_length <= room):
             # The bytes may stay staged (see below): then the blob's version is checked meanwhile.
             probe = asyncio.ensure_future(self._content.stat(session.location))
+        def stale() -> bool:  # the probe says another request got there first: stop staging
+            if probe is None or not probe.done() or probe.exception() is not None:
+                return False
+            blob = probe.result()
+            return (blob.etag if blob is not None else None) != session.blob_etag
+
         try:
-            staged, appended = await self._content.stage(session.location, _hashed(chunks, hasher),
+            staged, appended = await self._content.stage(session.location, _hashed(chunks, hasher, stale),
                                                          expected_length)
             blocks = [*session.pending, *staged]
             sealing = finishing is not None and hasher is not None and hasher.algorithm == finishing.algorithm
@@ -252,6 +268,12 @@ class UploadStore:
                 if session.sealed_digest != str(digest):
                     raise RegistryError(DIGEST_INVALID, f"the upload was finished as {session.sealed_digest}")
                 return BlobState(session.offset, session.blob_etag or "", sealed_metadata(digest))
+            if session.pending and not self._hashes(session, digest.algorithm):
+                try:  # staged bytes this digest cannot be checked against: commit them, then read them
+                    session = await self._commit_pending(session)
+                except BlobChanged:
+                    session, from_client = await self.current(session, finished_ok=True), False
+                    continue
             actual = await self._digest(session, digest.algorithm)
             if actual != digest and from_client:
                 session, from_client = await self.current(session, finished_ok=True), False
@@ -273,14 +295,26 @@ class UploadStore:
             return BlobState(session.offset, etag, sealed_metadata(digest))
         raise RegistryError(RANGE_INVALID, "the upload changed while it was being finished")
 
+    def _hashes(self, session: UploadSession, algorithm: str) -> bool:
+        hasher = self._running_hash(session)
+        return hasher is not None and hasher.algorithm == algorithm
+
+    async def _commit_pending(self, session: UploadSession) -> UploadSession:
+        existing = await self._content.committed_blocks(session.location) if session.blob_etag else []
+        metadata = {STATE: OPEN, HASH_STATE: session.hash_state} if session.hash_state else {STATE: OPEN}
+        etag = await self._content.commit(session.location, existing, list(session.pending), metadata,
+                                          session.blob_etag)
+        return replace(session, blob_etag=etag, pending=())
+
     async def _digest(self, session: UploadSession, algorithm: str) -> Digest:
         hasher = self._running_hash(session)
         if hasher is not None and hasher.algorithm == algorithm:
             return Digest(algorithm, hasher.hexdigest())
         # No running hash of this algorithm (the POST named another one, or the state could
-        # not be saved): hash what is stored, pinned to the version that was read. Blocks are
-        # only left pending with a running hash, so everything is committed here.
-        assert not session.pending, "pending blocks without a running hash"
+        # not be saved): hash what is stored, pinned to the version that was read (seal
+        # commits staged blocks first).
+        if session.pending:
+            raise RegistryError(RANGE_INVALID, "the upload has uncommitted bytes")
         hasher = new_hash(algorithm)
         if session.offset and session.blob_etag is not None:
             try:
@@ -313,7 +347,7 @@ class UploadStore:
         (sealed, condemned) is the garbage collector's to judge. A listing of every upload
         blob: meant for the hourly job, not a request path.
         """
-        cutoff = (now or _now()) - self._ttl
+        cutoff = (now or _now()) - self._ttl - PURGE_MARGIN
         purged = 0
         async for name, state, changed in self._content.list(UPLOAD_PREFIX):
             if changed < cutoff and state.metadata.get(STATE, OPEN) in (OPEN, CANCELLED, DROPPED):
@@ -329,9 +363,12 @@ class UploadStore:
         return purged
 
 
-async def _hashed(chunks: AsyncIterator[bytes], hasher: RunningHash | None) -> AsyncIterator[bytes]:
-    """The stream, fed to the running hash on its way to storage."""
+async def _hashed(chunks: AsyncIterator[bytes], hasher: RunningHash | None,
+                  stale: Callable[[], bool]) -> AsyncIterator[bytes]:
+    """The stream, fed to the running hash on its way to storage, until the upload is `stale`."""
     async for chunk in chunks:
+        if stale():
+            raise BlobChanged("the upload moved on while this chunk was sent")
         if hasher is not None:
             hasher.update(chunk)
         yield chunk

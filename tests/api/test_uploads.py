@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -346,3 +347,33 @@ def test_oversized_upload_id_is_not_a_server_error(client: httpx.Client, repo: s
     response = client.get(f"/v2/{repo}/blobs/uploads/{'a' * 2000}")
     assert response.status_code in (400, 404)
     assert response.status_code != 500
+
+
+def test_a_finished_upload_hands_out_no_state_that_could_change_it(client: httpx.Client, repo: str) -> None:
+    """Found by review: a repeated closing PUT that lost to the finish used to answer 416 with a
+    freshly signed state naming the sealed blob's version, and a DELETE or PATCH with that state
+    then emptied or extended the linked blob."""
+    data, more = os.urandom(3000), os.urandom(500)
+    location = patch(client, start(client, repo), data)
+    assert client.put(location, params={"digest": sha256(data)}).status_code == 201
+    sha512_of_more = "sha512:" + hashlib.sha512(more).hexdigest()
+    for digest in (sha256(data + more), sha512_of_more):
+        again = client.put(location, params={"digest": digest}, content=more)
+        assert again.status_code == 400 and error_codes(again) == ["DIGEST_INVALID"], again.text
+        assert "Location" not in again.headers
+    for method in ("GET", "PATCH", "DELETE"):
+        assert client.request(method, location, content=more if method == "PATCH" else None).status_code == 404
+    assert client.get(f"/v2/{repo}/blobs/{sha256(data)}", follow_redirects=True).content == data
+
+
+def test_a_staged_upload_finishes_under_another_digest_algorithm(client: httpx.Client, repo: str) -> None:
+    """The POST's running hash is SHA-256; a closing PUT with a SHA-512 digest commits the staged
+    bytes and hashes what is stored (found by review: it was a 500)."""
+    data = os.urandom(100_000)
+    digest = "sha512:" + hashlib.sha512(data).hexdigest()
+    location = patch(client, start(client, repo), data)
+    wrong = client.put(location, params={"digest": "sha512:" + hashlib.sha512(b"other").hexdigest()})
+    assert wrong.status_code == 400 and error_codes(wrong) == ["DIGEST_INVALID"]
+    done = client.put(location, params={"digest": digest})  # the same state still finishes it
+    assert done.status_code == 201, done.text
+    assert client.get(f"/v2/{repo}/blobs/{digest}", follow_redirects=True).content == data
