@@ -25,8 +25,10 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.storage.blob import BlobBlock, BlobSasPermissions, BlockState, generate_blob_sas
-from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+
+from registry.storage.blob_requests import BlobRequests
 
 # Upload blobs are named by their session id; finished blobs keep that name (no copy).
 UPLOAD_PREFIX = "data/"
@@ -93,6 +95,9 @@ class ContentStore:
         self._container: ContainerClient = service.get_container_client(container)
         self.block_size = block_size
         self._blocks_in_flight = blocks_in_flight
+        account_key = getattr(service.credential, "account_key", None)
+        self._blocks = BlobRequests(session, service.account_name, account_key=account_key,
+                                    credential=None if account_key else service.credential)
         self._delegation_key: Any = None
         self._delegation_key_expiry = datetime.min.replace(tzinfo=UTC)
 
@@ -115,7 +120,7 @@ class ContentStore:
         of the stream is staged or the call raises (LengthMismatch if the client announced
         another length); `blocks_in_flight` blocks upload at once.
         """
-        blob = self._container.get_blob_client(name)
+        url = self._url(name)
         staged: list[str] = []
         in_flight: set[asyncio.Task[Any]] = set()
         buffer = bytearray()
@@ -133,8 +138,7 @@ class ContentStore:
 
         async def stage_one(block_id: str, data: bytes) -> None:
             try:
-                await asyncio.wait_for(blob.stage_block(block_id, io.BytesIO(data), length=len(data)),
-                                       self._block_timeout)
+                await asyncio.wait_for(self._blocks.put_block(url, block_id, data), self._block_timeout)
             except HttpResponseError as error:
                 if getattr(error, "error_code", None) == "BlockCountExceedsLimit":  # 100,000 uncommitted
                     raise TooManyBlocks(f"{name} holds too many uncommitted blocks") from None
@@ -176,22 +180,24 @@ class ContentStore:
         conditional on version `etag` (None: the blob must not exist). Returns the new etag."""
         if len(committed) + len(staged) > MAX_BLOCKS:
             raise TooManyBlocks(f"{name} would have {len(committed) + len(staged)} blocks")
-        blocks = ([BlobBlock(block_id, BlockState.COMMITTED) for block_id in committed]
-                  + [BlobBlock(block_id, BlockState.UNCOMMITTED) for block_id in staged])
-        return await self._commit(self._container.get_blob_client(name), blocks, metadata, etag)
+        return await self._commit(name, committed, staged, metadata, etag)
 
     async def truncate(self, name: str, metadata: dict[str, str], etag: str | None) -> str:
         """Replace the blob by an empty one with `metadata` (its bytes are freed); conditional."""
-        return await self._commit(self._container.get_blob_client(name), [], metadata, etag)
+        return await self._commit(name, [], [], metadata, etag)
 
-    async def _commit(self, blob: BlobClient, blocks: list[BlobBlock], metadata: dict[str, str],
+    async def _commit(self, name: str, committed: list[str], staged: list[str], metadata: dict[str, str],
                       etag: str | None) -> str:
         marked = {**metadata, COMMIT_MARK: secrets.token_hex(8)}
+        condition = {"If-None-Match": "*"} if etag is None else {"If-Match": etag}
         try:
-            result = await blob.commit_block_list(blocks, metadata=marked, **_condition(etag))
+            return await self._blocks.put_block_list(self._url(name), committed, staged, marked, condition)
         except _CONFLICTS as error:
-            return await self._ours_or_raise(blob.blob_name, marked, error)
-        return result["etag"]
+            return await self._ours_or_raise(name, marked, error)
+
+    def _url(self, name: str) -> str:
+        # The blob's URL as the SDK spells it, without building a client (and its pipeline) for it.
+        return f"{self._container.url}/{quote(name, safe='/~')}"
 
     async def set_metadata(self, name: str, metadata: dict[str, str], etag: str | None) -> str:
         """Write the blob's metadata (None: create it empty); conditional; returns the new etag."""
@@ -318,8 +324,7 @@ class ContentStore:
         delegation_key = None if account_key else await self._user_delegation_key(expiry)
         sas = read_only_sas(self._service.account_name, self._container.container_name, name, start, expiry,
                             account_key=account_key, delegation_key=delegation_key)
-        # The blob's URL as the SDK spells it, without building a client (and its pipeline) for it.
-        return f"{self._container.url}/{quote(name, safe='/~')}?{sas}"
+        return f"{self._url(name)}?{sas}"
 
     async def _user_delegation_key(self, needed_until: datetime) -> Any:
         # One key serves many SAS URLs; renew it well before any URL could outlive it.

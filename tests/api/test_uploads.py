@@ -377,3 +377,19 @@ def test_a_staged_upload_finishes_under_another_digest_algorithm(client: httpx.C
     done = client.put(location, params={"digest": digest})  # the same state still finishes it
     assert done.status_code == 201, done.text
     assert client.get(f"/v2/{repo}/blobs/{digest}", follow_redirects=True).content == data
+
+
+def test_chunks_too_large_to_stay_staged_are_committed_one_after_another(client: httpx.Client, repo: str,
+                                                                         storage: StorageView) -> None:
+    """Each 17 MiB chunk is committed by its own PATCH, after the blocks already committed; a
+    small last chunk stays staged until the closing PUT commits and seals it."""
+    chunks = [os.urandom(17 * 1024 * 1024), os.urandom(17 * 1024 * 1024), os.urandom(1000)]
+    location, offset = start(client, repo), 0
+    for chunk in chunks:
+        location = patch(client, location, chunk, **{"Content-Range": f"{offset}-{offset + len(chunk) - 1}"})
+        offset += len(chunk)
+        committed = storage.blobs.get_blob_client(f"data/{upload_id_of(location)}").get_blob_properties().size
+        assert committed == (offset if chunk is not chunks[-1] else offset - len(chunk))
+    data = b"".join(chunks)
+    assert client.put(location, params={"digest": sha256(data)}).status_code == 201
+    assert client.get(f"/v2/{repo}/blobs/{sha256(data)}", follow_redirects=True).content == data
