@@ -9,6 +9,10 @@ Plain HTTP isolates the registry's own work from a client's; bench/run.sh measur
 skopeo sees.
 
     .venv/bin/python -m bench.push_ab --before c8fa5f7 [--images 30] [--rounds 4] [--flow session]
+                                      [--instances 3]
+
+With `--instances N` each side is N instances behind its own round-robin nginx (the test
+suite's front), so the requests of one push land on different instances, as on Azure.
 
 Writes bench/results/<date>-push-ab.md.
 """
@@ -26,6 +30,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -81,6 +86,32 @@ def one_round(url: str, images: int, tag: str, flow: str) -> tuple[float, list[f
         return time.perf_counter() - start, manifest_times
 
 
+class _Side:
+    """One side of the comparison: an instance, or several behind a round-robin nginx."""
+
+    def __init__(self, berths: list[Any], front: Any = None):
+        self.berths, self.front = berths, front
+        self.url = front.url if front is not None else berths[0].url
+
+    def stop(self) -> None:
+        if self.front is not None:
+            self.front.stop()
+        for berth in self.berths:
+            berth.stop()
+
+
+def _side(azurite: Azurite, instances: int, work: Path, name: str, root: Path) -> _Side:
+    berths = [start_berth(azurite, "redirect", work / f"{name}-{i}.log", root=root) for i in range(instances)]
+    if instances == 1:
+        return _Side(berths)
+    from tests.front import Front, find_nginx  # the suite's round-robin front
+
+    nginx = find_nginx()
+    if nginx is None:
+        raise SystemExit("bench: --instances needs nginx")
+    return _Side(berths, Front(nginx, [berth.host for berth in berths], work / f"nginx-{name}").start())
+
+
 def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=PROJECT_ROOT, check=True, capture_output=True, text=True).stdout.strip()
 
@@ -91,6 +122,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--flow", choices=["monolithic", "session"], default="monolithic")
+    parser.add_argument("--instances", type=int, default=1, help="instances per side (behind nginx if > 1)")
     args = parser.parse_args()
     before = git("rev-parse", "--verify", f"{args.before}^{{commit}}")
     head = git("rev-parse", "HEAD")
@@ -100,8 +132,8 @@ def main() -> int:
     results: dict[str, dict[str, list[float]]] = {"old": {"round": [], "put": []}, "new": {"round": [], "put": []}}
     try:
         with Azurite() as azurite:
-            old = start_berth(azurite, "redirect", work / "old.log", root=tree)
-            new = start_berth(azurite, "redirect", work / "new.log")
+            old = _side(azurite, args.instances, work, "old", tree)
+            new = _side(azurite, args.instances, work, "new", PROJECT_ROOT)
             try:
                 for side, target in (("old", old), ("new", new)):  # warm both
                     one_round(target.url, 5, f"warm-{side}", args.flow)
@@ -123,7 +155,8 @@ def main() -> int:
     stamp = datetime.now(UTC)
     lines = [f"# Small pushes A/B: {head[:7]} against {before[:7]} ({stamp:%Y-%m-%d %H:%M} UTC)", "",
              f"`python -m bench.push_ab --before {args.before} --images {args.images} --rounds {args.rounds} "
-             f"--flow {args.flow}`: both on one in-memory Azurite, alternating rounds; plain HTTP.", "",
+             f"--flow {args.flow} --instances {args.instances}`: both on one in-memory Azurite, alternating "
+             "rounds; plain HTTP.", "",
              "| | old | new | change |", "|---|---|---|---|"]
     for key, label in (("round", f"{args.images} pushes (s)"), ("put", "manifest PUT, median per round (ms)")):
         old_values = ", ".join(f"{v:.2f}" for v in results["old"][key])

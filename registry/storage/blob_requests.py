@@ -13,7 +13,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import time
 from email.utils import formatdate
 from typing import Any
 
@@ -26,8 +25,9 @@ from azure.core.exceptions import (
 )
 from yarl import URL
 
+from registry.storage.storage_token import StorageToken
+
 API_VERSION = "2021-08-06"
-STORAGE_SCOPE = "https://storage.azure.com/.default"
 _TRANSIENT = {408, 500, 502, 503, 504}
 _ERRORS = {404: ResourceNotFoundError, 409: ResourceExistsError, 412: ResourceModifiedError}
 # The headers SharedKey signs by position, before the x-ms-* ones (Date is sent as x-ms-date).
@@ -45,8 +45,7 @@ class BlobRequests:
         self._session = session
         self._account = account
         self._key = base64.b64decode(account_key) if account_key else None
-        self._credential = credential
-        self._token: tuple[str, float] | None = None
+        self._token = StorageToken(credential) if credential is not None else None
 
     async def put_block(self, blob_url: str, block_id: str, data: bytes) -> None:
         url = URL(blob_url).update_query({"comp": "block", "blockid": _block_id(block_id)})
@@ -61,6 +60,10 @@ class BlobRequests:
         blocks = "".join(f"<Committed>{_block_id(b)}</Committed>" for b in committed)
         blocks += "".join(f"<Uncommitted>{_block_id(b)}</Uncommitted>" for b in uncommitted)
         body = f'<?xml version="1.0" encoding="utf-8"?><BlockList>{blocks}</BlockList>'.encode()
+        # Plain lowercase names: SharedKey orders x-ms-* headers as the service does, which only
+        # plain sorting matches for them ('-' and '_' sort differently there).
+        if not all(name.isalnum() and name.islower() for name in metadata):
+            raise ValueError(f"metadata names must be lowercase letters and digits: {sorted(metadata)}")
         headers = {"Content-Type": "application/xml", **condition,
                    **{f"x-ms-meta-{name}": value for name, value in metadata.items()}}
         url = URL(blob_url).update_query({"comp": "blocklist"})
@@ -76,6 +79,9 @@ class BlobRequests:
                 async with self._session.request(verb, url, data=body, headers=headers) as response:
                     if response.status in (200, 201):
                         return response.headers
+                    if response.status == 401 and self._token is not None and not attempt:
+                        self._token.refused(headers["Authorization"])  # a new token, once
+                        continue
                     text = await response.text()
                     if response.status not in _TRANSIENT or attempt:
                         code = response.headers.get("x-ms-error-code")
@@ -103,7 +109,5 @@ class BlobRequests:
             to_sign = "\n".join([verb, *fields]) + "\n" + canonical_headers + resource
             signature = hmac.new(self._key, to_sign.encode(), hashlib.sha256).digest()
             return f"SharedKey {self._account}:{base64.b64encode(signature).decode()}"
-        if self._token is None or self._token[1] < time.time() + 300:
-            token = await self._credential.get_token(STORAGE_SCOPE)
-            self._token = (token.token, float(token.expires_on))
-        return f"Bearer {self._token[0]}"
+        assert self._token is not None, "neither an account key nor a credential"
+        return await self._token.header()

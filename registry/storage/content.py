@@ -216,8 +216,11 @@ class ContentStore:
         Only a failed condition is a lost race; any other refusal (a 409 such as
         BlockCountExceedsLimit) is raised as it is, not misreported as a concurrent change.
         """
-        if isinstance(error, ResourceExistsError) and getattr(error, "error_code", None) not in _EXISTS_CODES:
+        code = getattr(error, "error_code", None)
+        if isinstance(error, ResourceExistsError) and code not in _EXISTS_CODES:
             raise error
+        if isinstance(error, ResourceNotFoundError) and code not in (None, "BlobNotFound"):
+            raise error  # the container itself (ContainerNotFound): storage trouble, not a race
         state = await self.stat(name)
         if state is not None and state.metadata.get(COMMIT_MARK) == marked[COMMIT_MARK]:
             return state.etag

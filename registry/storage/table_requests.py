@@ -15,7 +15,6 @@ import base64
 import hashlib
 import hmac
 import json
-import time
 from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
@@ -26,8 +25,9 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.data.tables import EdmType, EntityProperty
 from yarl import URL
 
+from registry.storage.storage_token import StorageToken
+
 API_VERSION = "2019-02-02"  # the first version that accepts Entra ID tokens for tables
-STORAGE_SCOPE = "https://storage.azure.com/.default"
 
 
 def _key(value: str) -> str:
@@ -82,29 +82,29 @@ class TableRequests:
         self._endpoint = endpoint.rstrip("/")
         self._account = account
         self._key = base64.b64decode(account_key) if account_key else None
-        self._credential = credential
-        self._token: tuple[str, float] | None = None
+        self._token = StorageToken(credential) if credential is not None else None
 
     async def get(self, table: str, partition: str, row: str) -> dict[str, Any] | None:
         """The entity, or None if there is none; any other answer raises."""
         url = URL(f"{self._endpoint}/{table}(PartitionKey='{_key(partition)}',RowKey='{_key(row)}')")
-        headers = {
-            "x-ms-version": API_VERSION,
-            "x-ms-date": formatdate(usegmt=True),
-            "Accept": "application/json;odata=minimalmetadata",
-            "DataServiceVersion": "3.0",
-        }
-        headers["Authorization"] = await self._authorization("GET", "", url, headers["x-ms-date"])
         for attempt in range(2):  # a read is idempotent: one retry absorbs a dropped connection
+            headers = {
+                "x-ms-version": API_VERSION,
+                "x-ms-date": formatdate(usegmt=True),
+                "Accept": "application/json;odata=minimalmetadata",
+                "DataServiceVersion": "3.0",
+            }
+            headers["Authorization"] = await self._authorization("GET", "", url, headers["x-ms-date"])
             try:
                 async with self._session.get(url, headers=headers) as response:
-                    if response.status == 404:
+                    # No such row; a missing table is storage not provisioned (errors.py: 503).
+                    if response.status == 404 and response.headers.get("x-ms-error-code") != "TableNotFound":
                         return None
+                    if self._refused(response.status, headers, attempt):
+                        continue
                     if response.status != 200:
-                        error = HttpResponseError(f"table read {table}/{row} failed: {response.status} "
-                                                  f"{(await response.text())[:300]}")
-                        error.status_code = response.status
-                        raise error
+                        raise _failure(response.status, response.headers.get("x-ms-error-code"),
+                                       await response.text(), f"table read {table}/{row}")
                     return _decode(await response.json(content_type=None))
             except (TimeoutError, aiohttp.ClientConnectionError):
                 if attempt:
@@ -131,6 +131,8 @@ class TableRequests:
                 async with self._session.post(url, data=body, headers=headers) as response:
                     if response.status in (201, 204):
                         return response.headers["ETag"]
+                    if self._refused(response.status, headers, attempt):
+                        continue
                     text = await response.text()
                     if response.status not in _TRANSIENT or attempt:
                         raise _failure(response.status, response.headers.get("x-ms-error-code"), text,
@@ -141,13 +143,18 @@ class TableRequests:
             await asyncio.sleep(0.5)
         raise AssertionError("unreachable")
 
+    def _refused(self, status: int, headers: dict[str, str], attempt: int) -> bool:
+        """A 401 to a token storage no longer takes: drop it, and try once more with a new one."""
+        if status != 401 or self._token is None or attempt:
+            return False
+        self._token.refused(headers["Authorization"])
+        return True
+
     async def _authorization(self, verb: str, content_type: str, url: URL, date: str) -> str:
         if self._key is not None:
             # SharedKey for the Table service: verb, Content-MD5, Content-Type, date, resource.
             to_sign = f"{verb}\n\n{content_type}\n{date}\n/{self._account}{url.raw_path}"
             signature = hmac.new(self._key, to_sign.encode(), hashlib.sha256).digest()
             return f"SharedKey {self._account}:{base64.b64encode(signature).decode()}"
-        if self._token is None or self._token[1] < time.time() + 300:
-            token = await self._credential.get_token(STORAGE_SCOPE)
-            self._token = (token.token, float(token.expires_on))
-        return f"Bearer {self._token[0]}"
+        assert self._token is not None, "neither an account key nor a credential"
+        return await self._token.header()

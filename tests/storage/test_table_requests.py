@@ -62,3 +62,18 @@ def test_an_existing_row_and_a_missing_table_are_the_errors_callers_handle(azuri
         _run(azurite, lambda requests: requests.insert(f"gone{uuid.uuid4().hex[:8]}", _entity("p", "r")))
     failure = storage_failure(missing.value)  # a table not provisioned: 503, not a 500
     assert failure is not None and failure.status == 503, repr(missing.value)
+
+
+def test_a_read_from_a_missing_table_is_not_an_absent_row(azurite: Azurite) -> None:
+    present = _present(azurite)
+    assert _run(azurite, lambda requests: requests.get(present, "p", "r")) is None
+    with pytest.raises(Exception) as missing:
+        _run(azurite, lambda requests: requests.get(f"gone{uuid.uuid4().hex[:8]}", "p", "r"))
+    failure = storage_failure(missing.value)
+    assert failure is not None and failure.status == 503, repr(missing.value)
+
+
+def _present(azurite: Azurite) -> str:
+    name = f"lean{uuid.uuid4().hex[:12]}"
+    TableServiceClient.from_connection_string(azurite.connection_string).create_table(name)
+    return name
