@@ -393,3 +393,22 @@ def test_chunks_too_large_to_stay_staged_are_committed_one_after_another(client:
     data = b"".join(chunks)
     assert client.put(location, params={"digest": sha256(data)}).status_code == 201
     assert client.get(f"/v2/{repo}/blobs/{sha256(data)}", follow_redirects=True).content == data
+
+
+def test_an_altered_state_is_refused(client: httpx.Client, repo: str) -> None:
+    """The state in the Location is signed: a client cannot move its offset, swap its running
+    hash or revive an expired upload by editing it."""
+    import base64
+    import json
+
+    location = patch(client, start(client, repo), b"a" * 100)
+    query = urlsplit(location).query
+    payload, mac = query.removeprefix("_state=").split(".")
+    fields = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    for change in ({"n": 0}, {"x": fields["x"] + 86400}, {"o": "someone:else"}):
+        edited = base64.urlsafe_b64encode(json.dumps({**fields, **change}).encode()).rstrip(b"=").decode()
+        forged = location.replace(payload, edited)
+        for method in ("GET", "PATCH", "PUT", "DELETE"):
+            response = client.request(method, forged, params={"digest": sha256(b"a" * 100)})
+            assert response.status_code == 404, (change, method)
+    assert client.put(location, params={"digest": sha256(b"a" * 100)}).status_code == 201
