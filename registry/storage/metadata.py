@@ -2,11 +2,13 @@
 
 Tables (named with the configured prefix):
 - `<prefix>repos`: one partition per repository; rows `m:<digest>` manifest, `t:<tag>` tag,
-  `b:<digest>` blob link, `r:<subject>:<digest>` referrer, `u:<id>` upload session,
-  `v:<digest>` the Docker rendition of an OCI manifest, `e:<id>` a write's event (events.py).
+  `b:<digest>` blob link, `r:<subject>:<digest>` referrer, `v:<digest>` the Docker rendition
+  of an OCI manifest, `e:<id>` a write's event (events.py); `u:<id>` upload session rows are
+  left only by older versions (an upload's state now travels in its Location) and purged.
 - `<prefix>digests`: the content index, partition = digest: where the bytes are, size.
 - `<prefix>catalog`: partition "repository", one row per repository that has manifests; and the
-  registry's settings rows (retention, cache rules, credential sets, webhooks).
+  registry's settings rows (retention, cache rules, credential sets, webhooks, and the key that
+  signs upload states: upload_state.py).
 - `<prefix>events`: event intents and webhook delivery logs (events.py).
 """
 
