@@ -258,28 +258,55 @@ def test_checkov_finds_nothing_unjustified(tmp_path: Path) -> None:
         assert len(check["check_result"].get("suppress_comment", "").strip()) > 20, check["check_id"]  # says why
 
 
+# Run in a deployed app's folder: which of its own modules Python compiles from source on import.
+COMPILED_ON_IMPORT = """
+import json, os, sys
+here = os.getcwd() + os.sep
+compiled = []
+def watch(event, args):
+    if event == "compile" and isinstance(args[1], str) and args[1].startswith(here) and args[1].endswith(".py"):
+        compiled.append(args[1][len(here):])
+sys.addaudithook(watch)
+import function_app
+print(json.dumps({"functions": len(function_app.app.get_functions()), "compiled": compiled}))
+"""
+
+
+def import_as_deployed(folder: Path) -> dict[str, Any]:
+    """`import function_app` in `folder` as the host does on Azure, where the package is mounted
+    read-only (Python writes no bytecode there)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BERTH_")}
+    done = subprocess.run([sys.executable, "-c", COMPILED_ON_IMPORT], cwd=folder, capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": "", "PYTHONDONTWRITEBYTECODE": "1"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def test_deployment_zip_holds_the_app_and_nothing_else(tmp_path: Path) -> None:
     import zipfile
 
     out = tmp_path / "berth.zip"
     subprocess.run(["bash", str(PROJECT_ROOT / "scripts" / "package.sh"), str(out)], cwd=PROJECT_ROOT,
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env={**os.environ, "PYTHON": sys.executable})
     names = zipfile.ZipFile(out).namelist()
     assert {"function_app.py", "host.json", "requirements.txt", "registry/app.py"} <= set(names)
     # The web page's templates and stylesheet are not Python: they must come along too.
     assert {"registry/ui/templates/base.html", "registry/ui/static/berth.css"} <= set(names)
-    assert all(n.split("/")[0] in {"function_app.py", "host.json", "requirements.txt", "registry"} for n in names)
-    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
-    # The development harness (Azurite's well-known key) and the command line stay out.
-    assert "registry/azurite.py" not in names and "registry/__main__.py" not in names
-    # ... and what is left is an app the host can index.
+    assert all(n.split("/")[0] in {"function_app.py", "host.json", "__pycache__", "requirements.txt", "registry"}
+               for n in names)
+    # The development harness (Azurite's well-known key) and the command line stay out, bytecode too.
+    assert not any(n.startswith(("registry/azurite.", "registry/__main__.", "registry/__pycache__/azurite.",
+                                 "registry/__pycache__/__main__.")) for n in names)
+    # ... and what is left is an app the host can index, without compiling a module of its own.
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(out).extractall(unpacked)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("BERTH_")}
-    count = "import function_app; print(len(function_app.app.get_functions()))"
-    indexed = subprocess.run([sys.executable, "-c", count], cwd=unpacked, env={**env, "PYTHONPATH": ""},
-                             capture_output=True, text=True, timeout=60)
-    assert indexed.returncode == 0 and int(indexed.stdout) >= 7, indexed.stderr
+    deployed = import_as_deployed(unpacked)
+    assert deployed["functions"] >= 7
+    assert deployed["compiled"] == []
+    # Without the bytecode each cold start compiles them all (what the check above would see).
+    for cache in unpacked.rglob("__pycache__"):
+        shutil.rmtree(cache)
+    assert {"function_app.py", "registry/app.py"} <= set(import_as_deployed(unpacked)["compiled"])
     funcignore = (PROJECT_ROOT / ".funcignore").read_text().split()
     assert {"tests/", ".venv/", "node_modules/", "infra/"} <= set(funcignore)
 
@@ -331,7 +358,9 @@ def _yaml(path: Path) -> Any:
 def test_the_azd_template_provisions_main_and_deploys_the_app(parsed: dict[str, Any]) -> None:
     template = _yaml(PROJECT_ROOT / "azure.yaml")
     assert template["infra"] == {"provider": "bicep", "path": "infra", "module": "azd"}
-    assert template["services"]["registry"] == {"project": ".", "language": "python", "host": "function"}
+    service = template["services"]["registry"]
+    assert {key: service[key] for key in ("project", "language", "host")} == {
+        "project": ".", "language": "python", "host": "function"}
     hook = PROJECT_ROOT / template["hooks"]["preprovision"]["posix"]["run"]
     assert hook.exists() and os.access(hook, os.X_OK)
     azd = parsed["azd.bicep"]
@@ -343,6 +372,35 @@ def test_the_azd_template_provisions_main_and_deploys_the_app(parsed: dict[str, 
     site = one(parsed, "Microsoft.Web/sites")
     assert "azd-service-name" in json.dumps(site["tags"])
     assert {"azure.yaml", ".azure/"} <= set((PROJECT_ROOT / ".funcignore").read_text().split())
+
+
+def test_azd_ships_the_bytecode_of_the_app(tmp_path: Path) -> None:
+    """azd zips the project folder as .funcignore says; its prepackage hook compiles the app
+    first, so the package carries bytecode and the host compiles none of the app on import."""
+    hook = _yaml(PROJECT_ROOT / "azure.yaml")["services"]["registry"]["hooks"]["prepackage"]["posix"]
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("function_app.py", "host.json", "registry"):
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, project / name)
+    bin_dir = tmp_path / "bin"  # the hook's python3 is the one the tests run
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    subprocess.run([hook["shell"], "-c", hook["run"]], cwd=project, check=True,
+                   env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    ignored = (PROJECT_ROOT / ".funcignore").read_text().split()
+    assert "__pycache__/" not in ignored
+    for module in ("__main__", "azurite"):  # compiled, but left out with their sources
+        assert f"registry/__pycache__/{module}.*" in ignored
+        assert list((project / "registry" / "__pycache__").glob(f"{module}.*.pyc"))
+        for path in (project / "registry").glob(f"{module}.py"):
+            path.unlink()
+        for path in (project / "registry" / "__pycache__").glob(f"{module}.*.pyc"):
+            path.unlink()
+    assert import_as_deployed(project)["compiled"] == []
 
 
 def test_the_azd_hook_wants_the_audience_and_makes_the_signing_key(tmp_path: Path) -> None:
