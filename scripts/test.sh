@@ -43,4 +43,6 @@ if [ ! -x .venv-tools/bin/checkov ] || [ requirements-tools.txt -nt .venv-tools/
 fi
 .venv/bin/ruff check --quiet .
 # pytest's own exit status is the result: 1 for failures, 5 when no test ran; both fail the run.
-exec .venv/bin/python -m pytest "$@"
+# Two workers (BERTH_TEST_WORKERS; 0 runs in this process), each with its own Azurite and
+# servers; a test file stays on one worker, so its module fixtures start once.
+exec .venv/bin/python -m pytest -n "${BERTH_TEST_WORKERS:-2}" --dist loadfile "$@"
