@@ -2,7 +2,7 @@
 and what a burst of small reads saturates.
 
 The Flex Consumption setting (infra/main.bicep, `httpPerInstanceConcurrency`, 32) was reasoned
-as "(BERTH_BLOCKS_IN_FLIGHT + 1) x 4 MiB, about 20 MiB per streaming layer upload"; this
+as "(BERTH_BLOCKS_IN_FLIGHT + 1) x BERTH_BLOCK_SIZE per streaming layer upload"; this
 measures it. One Azurite (disk-backed by default, in a temp dir: the uploads add up to several
 GiB) and ONE Berth instance on it (`python -m registry serve`, one uvicorn process, redirect
 mode, auth off, default block settings), both on loopback; the client is this process.
@@ -74,7 +74,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 SAMPLE_S = 0.05
 INSTANCE_MIB = 2048  # a Flex Consumption instance size ("2048 MB"), taken as MiB
 HOST_MIB = 300  # left for the Functions host and worker around Berth
-ESTIMATE_MIB = 20  # the shipped reasoning: (BERTH_BLOCKS_IN_FLIGHT + 1) x 4 MiB
+ESTIMATE_MIB = 24  # the shipped reasoning: (BERTH_BLOCKS_IN_FLIGHT + 1) x BERTH_BLOCK_SIZE, (2 + 1) x 8 MiB
 
 
 def _tree(pid: int) -> list[int]:
@@ -536,7 +536,7 @@ def summary(report: dict[str, Any]) -> list[str]:
             f"**Uploads.** Per streaming upload Berth holds {per:.1f} MiB (median over N >= 8 of (peak - idle) / N; "
             f"{min(u['per_upload_mib'] for u in big):.1f}-{max(u['per_upload_mib'] for u in big):.1f}; the slope "
             f"between N = {top[0]['n']} and {top[-1]['n']} is {slope:.1f} MiB per upload), against the "
-            f"{ESTIMATE_MIB} MiB estimate ((BERTH_BLOCKS_IN_FLIGHT + 1) x 4 MiB). Peak RSS: {peaks}. "
+            f"{ESTIMATE_MIB} MiB estimate ((BERTH_BLOCKS_IN_FLIGHT + 1) x BERTH_BLOCK_SIZE). Peak RSS: {peaks}. "
             f"A {INSTANCE_MIB} MB instance less ~{HOST_MIB} MB for the Functions host and worker and Berth's idle "
             f"{report['idle_rss_mib']:.0f} MiB leaves {budget:.0f} MiB: {int(budget // worst)} concurrent streaming "
             f"uploads at {worst:.1f} MiB each (the largest of the slope and the per-upload figure at the two "

@@ -75,7 +75,7 @@ param requestBodySizeLimit int = 2000000000
 
 param maximumInstanceCount int = 40
 
-@description('HTTP requests one instance serves at once (Flex Consumption perInstanceConcurrency). Measured (bench/concurrency.py): a streaming upload holds 15-21 MiB, so 32 of them fit a 2048 MB instance with room to spare; a pull costs ~0.75 ms of CPU, so 32 add at most ~25 ms of queueing. 64 for pull-heavy registries, 16 where many CI runners push big layers at once (uploads share ~186 MiB/s per core). infra/README.md, Scaling.')
+@description('HTTP requests one instance serves at once (Flex Consumption perInstanceConcurrency). Measured (bench/concurrency.py): a streaming upload holds 26-36 MiB, so 32 of them (~1 GiB) fit a 2048 MB instance; a pull costs ~0.75 ms of CPU, so 32 add at most ~25 ms of queueing. 64 for pull-heavy registries (instanceMemoryMB 4096 if 64 big pushes may come at once), 16 where many CI runners push big layers at once (uploads share ~285 MiB/s per core). infra/README.md, Scaling.')
 @minValue(1)
 @maxValue(1000)
 param httpPerInstanceConcurrency int = 32

@@ -51,7 +51,7 @@ from registry.storage.upload_state import UploadStateCodec
 OPEN = "open"
 CANCELLED = "cancelled"
 HASH_STATE = "hashstate"
-# Blocks a session may carry staged but uncommitted: a PATCH within this (16 MiB at the
+# Blocks a session may carry staged but uncommitted: a PATCH within this (32 MiB at the
 # default block size) costs one storage write, its commit riding on the closing PUT's seal.
 MAX_PENDING = 4
 # Expiry is judged on each instance's clock and the purge on storage's: an hour apart is plenty.

@@ -24,6 +24,7 @@ import httpx
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
+from registry.storage.uploads import MAX_PENDING
 from tests.conftest import Server, StorageView
 from tests.faults import FaultyStorage
 from tests.helpers import (
@@ -554,11 +555,13 @@ def test_a_manifest_has_one_media_type_by_tag_and_by_digest(
 @pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
 @pytest.mark.parametrize("roles", ["AAB", "ABA"], ids=["patch-on-A-put-on-B", "patch-on-B-put-on-A"])
 def test_a_large_upload_finishes_on_another_instance(clients: list[Instance], algorithm: str, roles: str) -> None:
-    """20 MiB, docker style: POST, one PATCH with the whole body and an empty PUT
-    ?digest=<algorithm>:..., the PUT on another instance than the PATCH."""
+    """Docker style: POST, one PATCH with the whole body and an empty PUT ?digest=<algorithm>:...,
+    the PUT on another instance than the PATCH; the body too large to stay staged, so the PATCH
+    commits it and the PUT seals what another instance committed."""
     poster, patcher, finisher = (clients["ABC".index(role)] for role in roles)
     repo = new_repo()
-    data = os.urandom(20 * MiB)
+    block = int(poster.post(f"/v2/{repo}/blobs/uploads/").headers["OCI-Chunk-Min-Length"])
+    data = os.urandom(MAX_PENDING * block + MiB)
     digest = digest_of(data, algorithm)
     location = start(poster, repo)
     response = patch(patcher, location, data)

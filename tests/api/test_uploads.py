@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from registry.storage.metadata import repository_key
+from registry.storage.uploads import MAX_PENDING
 from tests.conftest import Server, StorageView
 from tests.helpers import error_codes, push_blob, push_image, sha256
 
@@ -23,6 +24,18 @@ def start(client: httpx.Client, repo: str) -> str:
     assert response.headers["Range"] == "0-0"
     assert response.headers["Docker-Upload-UUID"] == upload_id_of(response.headers["Location"])
     return response.headers["Location"]
+
+
+def block_size(client: httpx.Client, repo: str) -> int:
+    """The registry's storage block size, as it tells every client (OCI-Chunk-Min-Length)."""
+    response = client.post(f"/v2/{repo}/blobs/uploads/")
+    assert response.status_code == 202
+    return int(response.headers["OCI-Chunk-Min-Length"])
+
+
+def more_than_stays_staged(client: httpx.Client, repo: str) -> int:
+    """A chunk too large to stay staged until the closing PUT: its PATCH commits it."""
+    return MAX_PENDING * block_size(client, repo) + 1024 * 1024
 
 
 def upload_id_of(location: str) -> str:
@@ -48,8 +61,9 @@ def test_post_then_put_with_body(client: httpx.Client, repo: str) -> None:
 
 
 def test_chunked_upload_with_content_range(client: httpx.Client, repo: str) -> None:
-    data = os.urandom(5 * 1024 * 1024 + 333)  # chunks straddle the 4 MiB block size
-    cut1, cut2 = 1_000_000, 4_500_000
+    block = block_size(client, repo)
+    data = os.urandom(block + 1024 * 1024 + 333)  # the chunks straddle a block boundary
+    cut1, cut2 = 1_000_000, block + 300_000
     location = start(client, repo)
     for begin, end in ((0, cut1), (cut1, cut2)):
         response = client.patch(
@@ -138,14 +152,15 @@ def test_put_without_digest(client: httpx.Client, repo: str) -> None:
     assert error_codes(response) == ["DIGEST_INVALID"]
 
 
-@pytest.mark.parametrize("size", [1000, 17 * 1024 * 1024], ids=["staged", "committed"])
+@pytest.mark.parametrize("kind", ["staged", "committed"])
 def test_cancel_removes_the_session_and_its_bytes(client: httpx.Client, repo: str, storage: StorageView,
-                                                  size: int) -> None:
+                                                  kind: str) -> None:
+    size = 1000 if kind == "staged" else more_than_stays_staged(client, repo)
     first = start(client, repo)
     location = patch(client, first, os.urandom(size))
     upload_id = upload_id_of(location)
     # A small chunk waits, staged, for the closing PUT; more than a few blocks are committed.
-    assert (f"data/{upload_id}" in storage.blob_names("data/")) == (size > 16 * 1024 * 1024)
+    assert (f"data/{upload_id}" in storage.blob_names("data/")) == (kind == "committed")
     assert client.delete(location).status_code == 204
     # The bytes are freed at once; an empty marker stays until the session expires, so a
     # request with an older state of the upload cannot bring it back.
@@ -230,8 +245,9 @@ def test_interrupted_upload_is_resumable_and_harms_nothing(
     image_digest, _ = push_image(client, repo, "v1")
     first = os.urandom(1024 * 1024)
     location = patch(client, start(client, repo), first, **{"Content-Range": f"0-{len(first) - 1}"})
-    # 6 MiB announced, 5 MiB sent (more than a staged block), then the connection drops.
-    _send_partial_request(server, location, 6 * 1024 * 1024, os.urandom(5 * 1024 * 1024))
+    # A block and a MiB sent (more than a staged block), a MiB more announced; the connection drops.
+    block = block_size(client, repo)
+    _send_partial_request(server, location, block + 2 * 1024 * 1024, os.urandom(block + 1024 * 1024))
     time.sleep(0.5)
     status = client.get(location)
     assert status.status_code == 204
@@ -255,7 +271,7 @@ def test_expired_uploads_are_purged_with_their_bytes(client: httpx.Client, proxy
     from tests.conftest import CONTAINER, TABLE_PREFIX
 
     # An upload with committed bytes (more than stay staged), and a cancelled one's marker.
-    location = patch(client, start(client, repo), os.urandom(17 * 1024 * 1024))
+    location = patch(client, start(client, repo), os.urandom(more_than_stays_staged(client, repo)))
     upload_id = upload_id_of(location)
     cancelled = start(client, repo)
     assert client.delete(cancelled).status_code == 204
@@ -288,13 +304,15 @@ def test_expired_uploads_are_purged_with_their_bytes(client: httpx.Client, proxy
     assert error_codes(proxy_client.get(location)) == ["BLOB_UPLOAD_UNKNOWN"]
 
 
-@pytest.mark.parametrize("size", [6 * 1024 * 1024, 17 * 1024 * 1024], ids=["staged", "committed"])
-def test_concurrent_chunks_at_the_same_offset_cannot_both_land(server: Server, repo: str, size: int) -> None:
+@pytest.mark.parametrize("kind", ["staged", "committed"])
+def test_concurrent_chunks_at_the_same_offset_cannot_both_land(server: Server, repo: str, kind: str) -> None:
     """Two chunks sent at once from one state: committed chunks race at the PATCH (one 416);
     chunks left staged race at the closing PUT, and only one of them finishes the upload."""
     from concurrent.futures import ThreadPoolExecutor
 
     with httpx.Client(base_url=server.url, timeout=60) as setup:
+        # Staged: more than one block, fewer than stay staged.
+        size = block_size(setup, repo) + 1024 * 1024 if kind == "staged" else more_than_stays_staged(setup, repo)
         location = start(setup, repo)
     chunks = {name: bytes([name]) * size for name in (1, 2)}
 
@@ -306,7 +324,7 @@ def test_concurrent_chunks_at_the_same_offset_cannot_both_land(server: Server, r
     with ThreadPoolExecutor(2) as pool:
         answers = dict(zip(chunks, pool.map(send, chunks), strict=True))
     statuses = sorted(answer.status_code for answer in answers.values())
-    assert statuses == ([202, 202] if size <= 16 * 1024 * 1024 else [202, 416])
+    assert statuses == ([202, 202] if kind == "staged" else [202, 416])
     with httpx.Client(base_url=server.url, timeout=60) as http:
         finished = {name: http.put(answer.headers["Location"], params={"digest": sha256(chunks[name])})
                     for name, answer in answers.items() if answer.status_code == 202}
@@ -381,9 +399,10 @@ def test_a_staged_upload_finishes_under_another_digest_algorithm(client: httpx.C
 
 def test_chunks_too_large_to_stay_staged_are_committed_one_after_another(client: httpx.Client, repo: str,
                                                                          storage: StorageView) -> None:
-    """Each 17 MiB chunk is committed by its own PATCH, after the blocks already committed; a
-    small last chunk stays staged until the closing PUT commits and seals it."""
-    chunks = [os.urandom(17 * 1024 * 1024), os.urandom(17 * 1024 * 1024), os.urandom(1000)]
+    """Each chunk of more than four blocks is committed by its own PATCH, after the blocks
+    already committed; a small last chunk stays staged until the closing PUT commits and seals it."""
+    large = more_than_stays_staged(client, repo)
+    chunks = [os.urandom(large), os.urandom(large), os.urandom(1000)]
     location, offset = start(client, repo), 0
     for chunk in chunks:
         location = patch(client, location, chunk, **{"Content-Range": f"{offset}-{offset + len(chunk) - 1}"})

@@ -46,6 +46,7 @@ def _stage(azurite: Azurite, container: str, name: str, data: bytes, sizes: list
     [],                                          # one chunk with everything
     [1, 0, BLOCK - 1, BLOCK, 0, 3 * BLOCK + 5],  # empty chunks, exact boundaries, one chunk of several blocks
     [7] * 100 + [BLOCK * 2 - 700],               # many small ones, then one that crosses two boundaries
+    [1] * 5000 + [BLOCK] + [3] * 2000,           # a trickle across a boundary, a large one, a trickle again
 ])
 def test_chunks_of_any_size_stage_as_full_blocks_and_commit_the_same_bytes(azurite: Azurite,
                                                                            sizes: list[int]) -> None:
@@ -60,6 +61,35 @@ def test_chunks_of_any_size_stage_as_full_blocks_and_commit_the_same_bytes(azuri
     assert [block.id for block in committed] == staged
     assert [block.size for block in committed] == [BLOCK] * 5 + [1234]
     assert blob.download_blob().readall() == data
+
+
+def test_a_producer_that_reuses_its_buffer_still_stores_what_it_sent(azurite: Azurite) -> None:
+    """Chunks wait for their block to fill: a chunk handed over in a buffer its producer
+    overwrites next is kept as it was when handed over."""
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = f"staging{uuid.uuid4().hex[:12]}"
+    service.create_container(container)
+    data = os.urandom(8 * BLOCK + 99)
+    size = 100_000  # large enough to be kept as it came, not gathered with others
+
+    async def reused() -> AsyncIterator[bytes]:
+        buffer = bytearray(size)
+        for at in range(0, len(data), size):
+            piece = data[at:at + size]
+            buffer[:len(piece)] = piece
+            yield memoryview(buffer)[:len(piece)]  # type: ignore[misc]
+
+    async def main() -> None:
+        clients = create_clients(load_settings({"BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string}))
+        try:
+            content = ContentStore(clients.blob_service, container, 4 * BLOCK, 2, clients.session)
+            staged, _ = await content.stage("blob", reused(), len(data))
+            await content.commit("blob", [], staged, {}, None)
+        finally:
+            await clients.close()
+
+    asyncio.run(main())
+    assert service.get_blob_client(container, "blob").download_blob().readall() == data
 
 
 def test_a_stream_shorter_than_announced_is_refused(azurite: Azurite) -> None:
