@@ -3,6 +3,7 @@ benchmark, and the small helpers they share to start and stop servers on loopbac
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -52,21 +53,52 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
         process.wait()
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether the process (or a descendant) holds the socket listening on loopback `port`: a
+    port picked as free may be taken by another program before ours binds it, and then it is
+    that program that answers. True where /proc cannot tell."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            return True
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for fd in os.listdir(f"/proc/{current}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{current}/fd/{fd}") in inodes:
+                        return True
+            pending += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except OSError:
+            continue
+    return False
+
+
 def wait_until_serving(url: str, process: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
-    """Block until `url` answers 200 or 401 (a registry with auth on); fail if the process exits."""
+    """Block until `url` answers 200 or 401 (a registry with auth on), from `process`; fail if
+    the process exits."""
     import urllib.error
     import urllib.request
+    from urllib.parse import urlsplit
 
+    port = urlsplit(url).port or 80
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with {process.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
+                if response.status == 200 and _listens(process.pid, port):
                     return
         except urllib.error.HTTPError as error:
-            if error.code == 401:
+            if error.code == 401 and _listens(process.pid, port):
                 return
         except OSError:
             pass

@@ -57,6 +57,22 @@ class Server:
 
 
 def start_server(azurite: Azurite, tmp: Path, **settings: str) -> Server:
+    # A port picked as free can be taken before the server binds it (by another xdist worker's
+    # server): the server then exits, and is started again on another port.
+    for attempt in range(3):
+        try:
+            return _start_server(azurite, tmp, **settings)
+        except ServerExited:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class ServerExited(RuntimeError):
+    pass
+
+
+def _start_server(azurite: Azurite, tmp: Path, **settings: str) -> Server:
     port = free_port()
     env = {
         **os.environ,
@@ -85,7 +101,8 @@ def start_server(azurite: Azurite, tmp: Path, **settings: str) -> Server:
         wait_until_serving(f"{url}/v2/", process, "berth")
     except RuntimeError as error:
         stop_process(process)
-        raise RuntimeError(f"{error}:\n{log.read_text()}") from None
+        failure = ServerExited if process.returncode not in (None, -15) else RuntimeError
+        raise failure(f"{error}:\n{log.read_text()}") from None
     return Server(url, f"127.0.0.1:{port}", process, log)
 
 
