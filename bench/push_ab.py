@@ -63,7 +63,7 @@ def push_blob(http: httpx.Client, repository: str, blob: bytes, flow: str) -> No
     assert response.status_code == 201, response.text
 
 
-def one_round(url: str, images: int, tag: str, flow: str) -> tuple[float, list[float]]:
+def one_round(url: str, images: int, tag: str, flow: str = "monolithic") -> tuple[float, list[float]]:
     base = os.urandom(10 * 1024)
     manifest_times = []
     with httpx.Client(base_url=url, timeout=60) as http:
