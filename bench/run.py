@@ -186,12 +186,17 @@ def peak_rss(target: Target, layout: Path) -> float:
     return peak / 1e6
 
 
-def import_time(azurite: Azurite, samples: int = 5) -> list[float]:
+HOST_FLOOR = "import azure.functions, azurefunctions.extensions.http.fastapi"
+
+
+def import_time(azurite: Azurite, samples: int = 5) -> dict[str, list[float]]:
     """`import function_app` as the host runs it on Azure: from the deployment package
-    (scripts/package.sh, with its bytecode), unpacked where Python may write no bytecode."""
+    (scripts/package.sh, with its bytecode), unpacked where Python may write no bytecode; and,
+    alternating with it, the two modules any HTTP-streaming Python function app imports (the
+    floor no app goes under)."""
     env = {**os.environ, "BERTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": ""}
-    times = []
+    times: dict[str, list[float]] = {"function_app": [], "host_floor": []}
     with tempfile.TemporaryDirectory() as scratch:
         package = Path(scratch) / "berth.zip"
         subprocess.run(["bash", "scripts/package.sh", str(package)], cwd=PROJECT_ROOT, check=True,
@@ -199,9 +204,10 @@ def import_time(azurite: Azurite, samples: int = 5) -> list[float]:
         app = Path(scratch) / "app"
         zipfile.ZipFile(package).extractall(app)
         for _ in range(samples):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "import function_app"], cwd=app, env=env, check=True)
-            times.append(time.perf_counter() - start)
+            for name, code in (("function_app", "import function_app"), ("host_floor", HOST_FLOOR)):
+                start = time.perf_counter()
+                subprocess.run([sys.executable, "-c", code], cwd=app, env=env, check=True)
+                times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -226,7 +232,8 @@ def repetition(results: Results, args: argparse.Namespace, images: dict, log: Pa
             if azurite is not None and name == "berth-redirect":
                 record(results, "floor", "azure-sdk",
                        upload_floor(azurite, big_layout, big_digest, args.big_mib * MiB))
-                results["import.seconds"].setdefault("function_app", []).extend(import_time(azurite))
+                for name, seconds in import_time(azurite).items():
+                    results["import.seconds"].setdefault(name, []).extend(seconds)
         finally:
             target.stop()
             if azurite is not None:
@@ -268,9 +275,9 @@ def ratios(s: dict) -> list[tuple[str, float, str, bool]]:
         ("256 MiB push via Berth vs SDK block-upload floor",
          m("floor.upload_s", "azure-sdk") / m("big.push_s", "berth-redirect"), ">= 0.85", True),
         ("50 small pushes: Berth time / CNCF time",
-         m("small.total_s", "berth-redirect") / m("small.total_s", "cncf"), "<= 1.0", True),
+         m("small.total_s", "berth-redirect") / m("small.total_s", "cncf"), "<= 0.9", True),
         ("manifest GET by tag c=32: Berth rps / CNCF rps",
-         m("manifest.rps", "berth-redirect") / m("manifest.rps", "cncf"), ">= 1.0", True),
+         m("manifest.rps", "berth-redirect") / m("manifest.rps", "cncf"), ">= 1.4", True),
     ]
     return [(label, value, goal, scored) for label, value, goal, scored in rows]
 
@@ -307,7 +314,9 @@ def write_report(s: dict, args: argparse.Namespace, started: datetime) -> Path:
         lines.append(f"| peak RSS {name}: {args.big_mib} MiB / {args.huge_mib} MiB layer (MB) | "
                      f"{big:.0f} / {huge:.0f} | < 200, flat | {'yes' if max(big, huge) < 200 else 'no'} |")
     imp = s.get("import.seconds", {}).get("function_app", {}).get("median", float("nan"))
-    lines.append(f"| `python -c 'import function_app'` (s) | {imp:.2f} | < 1 | {'yes' if imp < 1 else 'no'} |")
+    floor = s.get("import.seconds", {}).get("host_floor", {}).get("median", float("nan"))
+    lines.append(f"| `import function_app` from the package (s) | {imp:.2f} | < 1 | {'yes' if imp < 1 else 'no'} |")
+    lines.append(f"| of which the host's floor, `{HOST_FLOOR}` (s) | {floor:.2f} | (reference) |  |")
     lines += ["", "## Medians (min–max)", "", "| metric | target | median | min | max |", "|---|---|---|---|---|"]
     for metric in sorted(s):
         for target, v in sorted(s[metric].items()):
