@@ -74,7 +74,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 SAMPLE_S = 0.05
 INSTANCE_MIB = 2048  # a Flex Consumption instance size ("2048 MB"), taken as MiB
 HOST_MIB = 300  # left for the Functions host and worker around Berth
-ESTIMATE_MIB = 24  # the shipped reasoning: (BERTH_BLOCKS_IN_FLIGHT + 1) x BERTH_BLOCK_SIZE, (2 + 1) x 8 MiB
+# The shipped reasoning, at the default settings: (BERTH_BLOCKS_IN_FLIGHT + 1) x BERTH_BLOCK_SIZE.
+ESTIMATE_MIB = (load_settings({}).blocks_in_flight + 1) * load_settings({}).block_size // MiB
 
 
 def _tree(pid: int) -> list[int]:
