@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the side-by-side benchmark (Berth redirect + proxy, the CNCF registry, the storage floor)
-# and writes bench/results/<date>.md and .json. Usage: bench/run.sh [--repetitions 3] [--big-mib 256] [--small 50] [--seconds 30]
+# and writes bench/results/<date>.md and .json; then blob HEAD beside the CNCF registry and
+# manifest GET on one instance and on three behind nginx (bench/read_scaling.py, its own
+# results file). Usage: bench/run.sh [--repetitions 3] [--big-mib 256] [--small 50] [--seconds 30]
 # The cross-instance push (1 GiB layer, POST/PATCH/PUT on three instances) is separate:
 #   .venv/bin/python -m bench.cross_instance [--size-mib 1024] [--repetitions 3] [--before REF]
 set -euo pipefail
@@ -18,4 +20,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 scripts/setup.sh requirements-dev.txt
-exec .venv/bin/python -m bench.run "$@"
+.venv/bin/python -m bench.run "$@"
+if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then  # the three instances' front
+  exec .venv/bin/python -m bench.read_scaling
+fi
+echo "bench: nginx is not installed (scripts/test.sh installs it as root): read scaling skipped" >&2
