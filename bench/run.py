@@ -232,8 +232,8 @@ def repetition(results: Results, args: argparse.Namespace, images: dict, log: Pa
             if azurite is not None and name == "berth-redirect":
                 record(results, "floor", "azure-sdk",
                        upload_floor(azurite, big_layout, big_digest, args.big_mib * MiB))
-                for name, seconds in import_time(azurite).items():
-                    results["import.seconds"].setdefault(name, []).extend(seconds)
+                for module, seconds in import_time(azurite).items():
+                    results["import.seconds"].setdefault(module, []).extend(seconds)
         finally:
             target.stop()
             if azurite is not None:
