@@ -380,17 +380,29 @@ def test_azd_ships_the_bytecode_of_the_app(tmp_path: Path) -> None:
     hook = _yaml(PROJECT_ROOT / "azure.yaml")["services"]["registry"]["hooks"]["prepackage"]["posix"]
     project = tmp_path / "project"
     project.mkdir()
-    for name in ("function_app.py", "host.json", "registry"):
+    for name in ("function_app.py", "host.json", "registry", "scripts/compile-bytecode.sh", "infra/main.bicep"):
         source = PROJECT_ROOT / name
         if source.is_dir():
             shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, project / name)
     bin_dir = tmp_path / "bin"  # the hook's python3 is the one the tests run
     bin_dir.mkdir()
     (bin_dir / "python3").symlink_to(sys.executable)
-    subprocess.run([hook["shell"], "-c", hook["run"]], cwd=project, check=True,
-                   env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    env = {key: value for key, value in os.environ.items() if key != "PYTHON"}
+    hooked = subprocess.run([hook["shell"], "-c", hook["run"]], cwd=project, capture_output=True, text=True,
+                            env={**env, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert hooked.returncode == 0, hooked.stderr
+    assert "note:" not in hooked.stderr  # the tests run the app's Python version
+    # Another version compiles too (its bytecode is only ignored), and the hook says which to use.
+    other = bin_dir / "python-other"
+    other.write_text(f'#!/bin/sh\ncase "$2" in *version_info*) echo 3.99; exit 0;; esac\nexec {sys.executable} "$@"\n')
+    other.chmod(0o755)
+    noted = subprocess.run([hook["shell"], "-c", hook["run"]], cwd=project, capture_output=True, text=True,
+                           env={**env, "PYTHON": str(other)})
+    runtime = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert noted.returncode == 0 and "Python 3.99" in noted.stderr and f"PYTHON=python{runtime}" in noted.stderr
     ignored = (PROJECT_ROOT / ".funcignore").read_text().split()
     assert "__pycache__/" not in ignored
     for module in ("__main__", "azurite"):  # compiled, but left out with their sources
